@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny synthetic volumes with non-trivial geometry, and the real CT in ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (it lives in ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture
+def real_ct() -> Path:
+    """Real abdominal CT, 122x101x30 at 3 mm, RAS (TotalSegmentator test file)."""
+    return _require(SHARED_DATA / "totalseg-example" / "ct.nii.gz")
+
+
+@pytest.fixture
+def real_seg() -> Path:
+    """TotalSegmentator labels for ``real_ct`` (ids 1 spleen, 2 kidney_right, 3 kidney_left, 5 liver)."""
+    return _require(SHARED_DATA / "totalseg-example" / "seg_totalsegmentator.nii.gz")
+
+
+@pytest.fixture
+def dicom_dir() -> Path:
+    """A real 20-slice DICOM series (LPS)."""
+    return _require(SHARED_DATA / "totalseg-dicom" / "dicom")
+
+
+@pytest.fixture
+def dicom_seg() -> Path:
+    """TotalSegmentator labels for ``dicom_dir``; its rows are flipped relative to the series (LAS vs LPS)."""
+    return _require(SHARED_DATA / "totalseg-dicom" / "seg_totalsegmentator.nii.gz")
+
+
+def oblique_affine(spacing=(0.9, 1.1, 2.5), angle_deg=12.0, origin=(-20.0, 35.0, 110.0)) -> np.ndarray:
+    """A voxel->RAS affine with anisotropic spacing, a rotation about z and a non-zero origin."""
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+@pytest.fixture
+def tiny_ct_and_mask(tmp_path: Path) -> tuple[Path, Path]:
+    """A 32x28x20 CT-like volume (body, two organ blobs, noise) and its label mask, on an oblique grid."""
+    rng = np.random.default_rng(0)
+    shape = (32, 28, 20)
+    ii, jj, kk = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    ct = np.full(shape, -1000.0)
+    body = ((ii - 16) / 14) ** 2 + ((jj - 14) / 12) ** 2 < 1
+    ct[body] = -80.0
+    mask = np.zeros(shape, np.uint8)
+    liver = ((ii - 11) / 5) ** 2 + ((jj - 14) / 5) ** 2 + ((kk - 10) / 6) ** 2 < 1
+    spleen = ((ii - 23) / 3) ** 2 + ((jj - 17) / 3) ** 2 + ((kk - 10) / 4) ** 2 < 1
+    mask[liver] = 1
+    mask[spleen] = 4
+    ct[liver] = 60.0
+    ct[spleen] = 45.0
+    ct += rng.normal(0, 10, shape)
+    affine = oblique_affine()
+    ct_path, mask_path = tmp_path / "tiny_ct.nii.gz", tmp_path / "tiny_mask.nii.gz"
+    nib.save(nib.Nifti1Image(ct.astype(np.int16), affine), ct_path)
+    nib.save(nib.Nifti1Image(mask, affine), mask_path)
+    return ct_path, mask_path
