@@ -272,10 +272,12 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise _fail(source, key, f"expected a mapping, got {value!r}")
         kt, vt = args
-        return {
-            _convert(k, kt, source, f"{key}.{k}"): _convert(v, vt, source, f"{key}.{k}")
-            for k, v in value.items()
-        }
+        out = {}
+        for k, v in value.items():
+            if kt is int and isinstance(k, str) and k.lstrip("-").isdigit():
+                k = int(k)  # JSON turns integer keys into strings
+            out[_convert(k, kt, source, f"{key}.{k}")] = _convert(v, vt, source, f"{key}.{k}")
+        return out
     if tp is bool:
         if not isinstance(value, bool):
             raise _fail(source, key, f"expected true/false, got {value!r}")

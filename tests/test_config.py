@@ -1,0 +1,99 @@
+"""Config loading and validation: every shipped config loads; bad keys and types are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from organseg.config import (
+    CONFIG_DIR,
+    Config,
+    LabelMap,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    replace_path,
+)
+from organseg.errors import ConfigError
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_load_and_round_trip(path: Path) -> None:
+    cfg = load_config(path)
+    assert config_from_dict(config_to_dict(cfg), "roundtrip") == cfg
+
+
+def test_default_label_map_has_five_classes_and_kidney_pair() -> None:
+    cfg = load_config("abdomen")
+    assert cfg.labels.names == ("background", "liver", "kidney_right", "kidney_left", "spleen")
+    assert cfg.labels.num_classes == 5
+    assert cfg.labels.lr_swap_pairs == ((2, 3),)
+
+
+def test_class_count_follows_label_map() -> None:
+    cfg = config_from_dict({"labels": {0: "background", 1: "liver"}})
+    assert cfg.labels.num_classes == 2 and cfg.labels.lr_swap_pairs == ()
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 3\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.learning_rate: unknown key"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"train": {"epochs": "ten"}}, "train.epochs"),
+        ({"train": {"patch_size": [64, 64]}}, "train.patch_size"),
+        ({"train": {"amp": "yes"}}, "train.amp"),
+        ({"preprocess": {"hu_window": [250, -175]}}, "preprocess.hu_window"),
+        ({"preprocess": {"spacing_mm": [0, 1, 1]}}, "preprocess.spacing_mm"),
+        ({"preprocess": {"normalization": "minmax"}}, "preprocess.normalization"),
+        ({"infer": {"overlap": 1.5}}, "infer.overlap"),
+        ({"labels": {0: "liver", 1: "background"}}, "labels.0"),
+        ({"labels": {0: "background", 2: "liver"}}, "labels"),
+        ({"loss": {"class_weights": [1.0, 2.0]}}, "loss.class_weights"),
+        ({"data": {"label_preset": "nope"}}, "data.label_preset"),
+        ({"data": {"label_map": {13: "pancreas"}}}, "data.label_map.13"),
+    ],
+)
+def test_wrong_values_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"cfg\.yaml: {key.replace('.', chr(92) + '.')}"):
+        config_from_dict(data, "cfg.yaml")
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="expected a YAML mapping"):
+        config_from_dict([1, 2], "list.yaml")  # type: ignore[arg-type]
+
+
+def test_replace_path_validates_like_yaml() -> None:
+    cfg = load_config("demo")
+    assert replace_path(cfg, "train.epochs", 3).train.epochs == 3
+    assert replace_path(cfg, "train.patch_size", [32, 32, 32]).train.patch_size == (32, 32, 32)
+    with pytest.raises(ConfigError, match="train.epochs"):
+        replace_path(cfg, "train.epochs", "x")
+    with pytest.raises(ConfigError, match="train.nope: unknown key"):
+        replace_path(cfg, "train.nope", 1)
+
+
+def test_json_string_keys_are_accepted() -> None:
+    """Checkpoints store the config as JSON, which turns integer keys into strings."""
+    cfg = config_from_dict({"labels": {"0": "background", "1": "liver"}, "data": {"label_map": {"5": "liver"}}})
+    assert cfg.labels == LabelMap(("background", "liver"))
+    assert cfg.data.label_map == {5: "liver"}
+
+
+def test_infer_patch_size_defaults_to_train_patch() -> None:
+    cfg = Config()
+    assert cfg.infer_patch_size == cfg.train.patch_size
+    assert replace_path(cfg, "infer.patch_size", [96, 96, 96]).infer_patch_size == (96, 96, 96)
