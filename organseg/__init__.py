@@ -10,7 +10,9 @@ Everything the command line does is one function call here:
     >>> organseg.render("mask.nii.gz", "organs.mp4")
 
 Heavy libraries (torch, MONAI, VTK) are imported only when a function needs them, so
-``organseg --help`` stays fast.
+``organseg --help`` stays fast. The modules behind these verbs have noun names (``rendering``,
+``training``, ``pipeline``): a submodule named like a function here would replace that function on the
+package as soon as it is imported (``organseg.render`` would turn into a module).
 """
 
 from __future__ import annotations
@@ -51,14 +53,14 @@ def evaluate(*args: Any, **kwargs: Any) -> Any:
 
 
 def render(*args: Any, **kwargs: Any) -> Any:
-    """Render a label mask as a rotating MP4 or a PNG; see ``organseg.render.render``."""
-    from organseg.render import render as _render
+    """Render a label mask as a rotating MP4 or a PNG; see ``organseg.rendering.render``."""
+    from organseg.rendering import render as _render
 
     return _render(*args, **kwargs)
 
 
 def demo(*args: Any, **kwargs: Any) -> Any:
-    """Synthesize, train, infer, evaluate and render end to end; see ``organseg.demo.demo``."""
-    from organseg.demo import demo as _demo
+    """Synthesize, train, infer, evaluate and render end to end; see ``organseg.pipeline.demo``."""
+    from organseg.pipeline import demo as _demo
 
     return _demo(*args, **kwargs)

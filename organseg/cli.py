@@ -219,7 +219,7 @@ def render(
     overwrite: bool,
 ) -> None:
     """Render the organs of a mask as smooth 3D meshes in a rotating MP4 (headless)."""
-    from organseg.render import render as render_fn
+    from organseg.rendering import render as render_fn
 
     out = render_fn(
         mask_path,
@@ -243,7 +243,7 @@ def render(
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty --out folder.")
 def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | None, overwrite: bool) -> None:
     """Synthesize phantoms, train, infer a held-out case, evaluate and render: the whole thing on a CPU."""
-    from organseg.demo import demo as demo_fn
+    from organseg.pipeline import demo as demo_fn
 
     report = demo_fn(out_dir, n_cases=n_cases, epochs=epochs, device=device, overwrite=overwrite)
     dice = report.get("dice", {})

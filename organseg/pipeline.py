@@ -90,7 +90,7 @@ def demo(
     }
     outputs = {"predictions": str(pred_dir), "run": str(run_dir)}
     if render_video and first_pred is not None:
-        from organseg.render import render
+        from organseg.rendering import render
 
         t = time.perf_counter()
         video = render(
