@@ -529,7 +529,7 @@ def test_zip_path_traversal_is_refused(tmp_path, member):
 
 def test_zip_size_limit(tmp_path, monkeypatch):
     archive = make_zip(tmp_path / "big.zip", {"a.dcm": bytes(5000), "b.dcm": bytes(5000)})
-    monkeypatch.setattr(io, "MAX_ZIP_BYTES", 8000)
+    monkeypatch.setattr(io.dicom, "MAX_ZIP_BYTES", 8000)  # looked up where it is defined
     with pytest.raises(InputError) as excinfo:
         io.read_image(archive)
     assert_one_line_error(excinfo, archive, "exceed")
@@ -601,8 +601,8 @@ def test_sheared_affine_is_kept_exactly_even_without_an_sform(tmp_path):
 
 def test_write_mask_refuses_to_save_a_different_grid(tmp_path, monkeypatch):
     like = io.Volume(ramp(), oblique_affine(), source="ct.nii.gz")
-    real = io._nifti_like
-    monkeypatch.setattr(io, "_nifti_like", lambda a, v: real(a, io.Volume(v.array, np.eye(4))))
+    real = io.writers._nifti_like
+    monkeypatch.setattr(io.writers, "_nifti_like", lambda a, v: real(a, io.Volume(v.array, np.eye(4))))
     with pytest.raises(OutputError) as excinfo:
         io.write_mask(np.zeros((6, 5, 4), np.uint8), like, tmp_path / "m.nii.gz", LabelMap())
     assert "grid differs" in str(excinfo.value)

@@ -1,0 +1,66 @@
+"""Atomic output: write to a temporary file beside the target, then ``os.replace`` it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from organseg.errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched, so a crash never
+    leaves a half-written output. The temporary name keeps the suffix (``.nii.gz``, ``.mp4``) so
+    writers that dispatch on it work.
+    """
+    path = Path(path)
+    check_writable(path, overwrite=overwrite)
+    name = path.name
+    suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp creates 0600 files; give the output the permissions a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | Path, overwrite: bool = True) -> None:
+    """Raise ``OutputError`` unless ``path`` can be created in an existing, writable folder."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: output folder {parent} is not writable")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, expected a file path")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists (pass --overwrite to replace it)")
+
+
+def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> None:
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | Path, data: object, overwrite: bool = True) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
