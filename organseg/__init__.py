@@ -32,8 +32,8 @@ def synthesize(*args: Any, **kwargs: Any) -> Any:
 
 
 def train(*args: Any, **kwargs: Any) -> Any:
-    """Train the VNet on k-fold splits; see ``organseg.train.train``."""
-    from organseg.train import train as _train
+    """Train the VNet on k-fold splits; see ``organseg.training.train``."""
+    from organseg.training import train as _train
 
     return _train(*args, **kwargs)
 

@@ -96,9 +96,9 @@ def train(
     dry_run: bool,
 ) -> None:
     """Train the VNet with weighted Dice+Focal loss on k-fold splits."""
-    from organseg import train as train_mod
+    from organseg.training import train_command
 
-    train_mod.train_command(
+    train_command(
         config=config_name,
         data_dir=data_dir,
         run_dir=run_dir,

@@ -49,7 +49,7 @@ def demo(
     from organseg.infer import segment
     from organseg.metrics import evaluate
     from organseg.phantom import synthesize
-    from organseg.train import train
+    from organseg.training import train
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
