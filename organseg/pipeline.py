@@ -59,10 +59,16 @@ def demo(
     if epochs is not None:
         cfg = replace_path(cfg, "train.epochs", epochs)
     n_train = n_cases or DEFAULT_TRAIN_CASES
+    if cfg.train.folds > n_train:
+        cfg = replace_path(cfg, "train.folds", n_train)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    synthesize(out_dir / "phantoms", n=n_train, seed=0, overwrite=True, progress=progress)
+    # Training phantoms come at the demo's working spacing (cheap to make and to cache); held-out cases
+    # have clinical geometry (sub-mm pixels, 1-5 mm slices, RAS and LPS) so inference is exercised
+    # on real-world grids and must map its prediction back onto them.
+    spacing = cfg.preprocess.spacing_mm
+    synthesize(out_dir / "phantoms", n=n_train, seed=0, overwrite=True, progress=progress, spacing_mm=spacing)
     held_out = synthesize(out_dir / "held_out", n=HELD_OUT_CASES, seed=HELD_OUT_SEED, overwrite=True, progress=progress)
     timings["synth"] = time.perf_counter() - t
 
@@ -77,7 +83,7 @@ def demo(
     per_case: dict[str, dict] = {}
     first_pred: Path | None = None
     for image_path in _held_out_images(out_dir / "held_out", held_out):
-        name = image_path.name.replace("_0000.nii.gz", ".nii.gz")
+        name = image_path.name
         pred_path = pred_dir / name
         label_path = out_dir / "held_out" / "labelsTr" / name
         segment(image_path, pred_path, model=run_dir, device=device, overwrite=True, progress=False)
