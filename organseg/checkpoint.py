@@ -128,3 +128,24 @@ def load_safetensors_model(path: str | Path) -> tuple[VNet, Config, dict]:
         raise ModelError(f"{path}: model metadata is not valid JSON") from None
     cfg = config_of({"config": cfg_dict}, str(path))
     return model_from_state(tensors, cfg, str(path)), cfg, extra
+
+
+def export_safetensors(checkpoint: str | Path, output: str | Path, extra: dict | None = None) -> Path:
+    """Convert a training checkpoint into a pickle-free ``.safetensors`` model (weights + config only).
+
+    ``extra`` (JSON-able) is stored in the metadata, e.g. the epoch and validation Dice of the source.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg = model_from_checkpoint(ckpt, str(checkpoint))
+    info = {"source_epoch": ckpt.get("epoch"), "best_metric": _plain(ckpt.get("best_metric"))}
+    save_safetensors_model(output, model, cfg, {**info, **(extra or {})})
+    return Path(output)
+
+
+def _plain(value: object) -> object:
+    """A JSON-able copy of a metric value (tensors and numpy scalars become floats)."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value

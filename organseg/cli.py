@@ -251,6 +251,25 @@ def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | N
     click.echo(f"report: {Path(out_dir) / 'report.json'}")
 
 
+@cli.command(epilog="\b\nExample:\n  organseg export --model runs/demo/fold_0/checkpoint_best.pt --output demo.safetensors")
+@click.option("--model", "checkpoint", required=True, type=click.Path(path_type=Path), help="A .pt checkpoint, fold or run folder.")
+@click.option("--fold", type=int, default=None, help="Fold of a run folder (default: the only or first fold).")
+@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help="The .safetensors file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def export(checkpoint: Path, fold: int | None, output_path: Path, overwrite: bool) -> None:
+    """Export a trained model as pickle-free safetensors (weights + config), for sharing or shipping."""
+    from organseg.checkpoint import export_safetensors
+    from organseg.infer.models import resolve_model_files
+    from organseg.io import check_writable
+
+    if output_path.suffix != ".safetensors":
+        raise ConfigError(f"{output_path}: the output must end in .safetensors")
+    check_writable(output_path, overwrite=overwrite)
+    files = resolve_model_files(checkpoint, None if fold is None else [fold])
+    out = export_safetensors(files[0], output_path)
+    click.echo(f"wrote {out} (from {files[0]})")
+
+
 @cli.command()
 @click.option("--runs", "runs_dir", default=Path("runs"), show_default=True, type=click.Path(path_type=Path), help="Where local runs live.")
 def models(runs_dir: Path) -> None:
