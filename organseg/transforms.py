@@ -236,7 +236,6 @@ def hu_normalisation(cfg: Config, key: str = "image") -> list:
     ]
 
 
-_hu_normalisation = hu_normalisation  # the name organseg.infer imported first
 
 
 def body_margin_voxels(cfg: Config) -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ from organseg.checkpoint import build_model, save_checkpoint
 from organseg.config import LabelMap, PostprocessConfig, config_to_dict, load_config, replace_path
 from organseg.errors import ModelError, OutputError
 from organseg.infer import check_ct_intensities, segment
+from organseg.infer import models as models_mod
 from organseg.infer.models import default_model, load_models, resolve_model_files
 from organseg.infer.outputs import rle_decode, rle_encode
 from organseg.infer.postprocess import postprocess_mask
@@ -438,10 +439,39 @@ def test_model_for_other_labels_is_refused(tmp_path: Path) -> None:
 
 
 def test_no_model_available_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models_mod, "BUILTIN_MODEL", tmp_path / "missing.safetensors")
     with pytest.raises(ModelError, match="organseg train") as err:
         default_model()
-    assert "organseg demo" in str(err.value)
+    assert "organseg demo" in str(err.value) and "missing.safetensors" in str(err.value)
+
+
+def test_default_model_is_the_builtin_one(tiny_ct_and_mask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --model: the built-in safetensors file is used (here a tiny stand-in), never a local run."""
+    from organseg.checkpoint import save_safetensors_model
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    builtin = tmp_path / "builtin.safetensors"
+    save_safetensors_model(builtin, build_model(cfg), cfg)
+    monkeypatch.setattr(models_mod, "BUILTIN_MODEL", builtin)
+    monkeypatch.chdir(tmp_path)
+    _make_run(tmp_path, "local", "2025-01-01T00:00:00", {0: "checkpoint_best.pt"})
+    ct, _ = tiny_ct_and_mask
+    run(ct, tmp_path / "mask.nii.gz", None)
+    manifest = json.loads((tmp_path / "mask.run.json").read_text())
+    assert manifest["models"] == [str(builtin)]
+    (builtin).write_bytes(b"\x00" * 100)  # a corrupt built-in file is refused clearly
+    with pytest.raises(ModelError, match="builtin.safetensors"):
+        run(ct, tmp_path / "mask2.nii.gz", None)
+
+
+def test_shipped_builtin_model_loads_without_pickle() -> None:
+    """The weights inside the package load through safetensors and segment our five labels."""
+    from organseg.checkpoint import load_safetensors_model
+
+    net, cfg, extra = load_safetensors_model(models_mod.BUILTIN_MODEL)
+    assert cfg.labels == LabelMap() and cfg.train.synthetic.enabled
+    assert sum(p.numel() for p in net.parameters()) < 5_000_000
 
 
 def _make_run(root: Path, name: str, created: str, checkpoints: dict[int, str]) -> Path:
@@ -469,8 +499,6 @@ def test_run_folder_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert resolve_model_files(new, folds=[1]) == [new / "fold_1" / "checkpoint_last.pt"]
     with pytest.raises(ModelError, match="fold"):
         resolve_model_files(new, folds=[3])
-    monkeypatch.chdir(tmp_path)
-    assert default_model().resolve() == new.resolve()
     assert old.is_dir()
     assert len(load_models(new)) == 2
 

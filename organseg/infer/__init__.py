@@ -296,7 +296,7 @@ def segment(
             ``<output>/<case>.nii.gz``).
         output: mask path (``.nii.gz``/``.nii``) or a folder (``<folder>/<case>.nii.gz``).
         model: run folder, checkpoint ``.pt``, ``.safetensors`` model; ``None`` uses ``default_model()``
-            (the newest run under ``./runs``).
+            (the built-in model).
         folds: folds of a run folder to ensemble (``None``: all with a checkpoint).
         tta: ``True``/``"mirror"`` mirror TTA, ``"mirror+rot90"``; ``None`` follows the config (off).
         overlap: sliding-window overlap in [0, 1); ``None`` follows the config. 0.25 is the faster setting.

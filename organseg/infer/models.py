@@ -10,7 +10,7 @@ A model is one of:
 - a ``.safetensors`` model (weights + config in its metadata, no pickle at all).
 
 Every checkpoint carries its resolved config, so preprocessing is replayed from the model, never from a
-YAML file. ``model=None`` picks ``default_model()``: the newest run under ``./runs/``.
+YAML file. ``model=None`` picks ``default_model()``: the built-in model in ``organseg/models/``.
 
 Example:
     >>> [(net, cfg)] = load_models("runs/demo", folds=[0])
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 BEST, LAST = "checkpoint_best.pt", "checkpoint_last.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+#: The built-in model: a slim VNet trained only on synthetic abdomens (see organseg/models/README.md).
+BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "models" / "abdomen_synth.safetensors"
 HOW_TO_GET_A_MODEL = (
     "train one with `organseg train --config abdomen --data <dataset> --run runs/<name>` "
     "(or `organseg demo` for a small model trained on synthetic phantoms in minutes), "
@@ -43,26 +45,20 @@ HOW_TO_GET_A_MODEL = (
 )
 
 
-def default_model(runs_dir: str | Path = "runs") -> Path:
-    """The model used when none is given: the newest run folder under ``runs_dir`` that has a checkpoint.
+def default_model() -> Path:
+    """The model used when none is given: the built-in model shipped inside the package.
 
-    This is the one place that decides the default; when a built-in model ships in ``organseg/models/``
-    it returns that file instead.
+    It was trained only on organseg's synthetic abdomens (``configs/abdomen-synth.yaml``) and is
+    loaded from safetensors, with no pickle; see ``organseg/models/README.md``. This is the one place
+    that decides the default.
 
     Raises:
-        ModelError: no usable run exists; the message says how to get a model.
+        ModelError: the file is missing from this installation; the message says how to get a model.
     """
-    runs_dir = Path(runs_dir)
-    candidates = []
-    if runs_dir.is_dir():
-        for run in runs_dir.iterdir():
-            if run.is_dir() and is_run_dir(run) and _fold_checkpoints(run):
-                candidates.append((_created(run), run))
-    if not candidates:
-        raise ModelError(f"{runs_dir}: no model given and no trained run found there; {HOW_TO_GET_A_MODEL}")
-    newest = max(candidates, key=lambda c: c[0])[1]
-    logger.info("no model given: using the newest run %s", newest)
-    return newest
+    if not BUILTIN_MODEL.is_file():
+        raise ModelError(f"{BUILTIN_MODEL}: the built-in model is missing from this installation; {HOW_TO_GET_A_MODEL}")
+    logger.info("no model given: using the built-in model %s", BUILTIN_MODEL)
+    return BUILTIN_MODEL
 
 
 def _created(run: Path) -> float:
@@ -185,8 +181,10 @@ def list_models(runs_dir: str | Path = "runs") -> list[str]:
     """Lines describing the models available: the built-in model (when shipped) and local runs."""
     runs_dir = Path(runs_dir)
     lines = []
-    builtin = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.safetensors"))
-    lines += [f"built-in  {p}" for p in builtin] or ["built-in  none shipped in this version"]
+    if BUILTIN_MODEL.is_file():
+        lines.append(f"built-in  {BUILTIN_MODEL}  (default when --model is not given)")
+    else:
+        lines.append(f"built-in  missing: {BUILTIN_MODEL}")
     runs = (
         [r for r in sorted(runs_dir.iterdir()) if r.is_dir() and is_run_dir(r)] if runs_dir.is_dir() else []
     )

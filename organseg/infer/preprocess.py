@@ -379,7 +379,7 @@ def prepare(array: np.ndarray, affine: np.ndarray, cfg: Config) -> Prepared | No
     Returns:
         ``Prepared``, or ``None`` when no voxel lies above ``preprocess.body_threshold_hu`` (no body).
     """
-    from organseg.transforms import _hu_normalisation, body_margin_voxels
+    from organseg.transforms import body_margin_voxels, hu_normalisation
 
     pre = cfg.preprocess
     native = Grid(tuple(int(s) for s in array.shape[:3]), np.asarray(affine, float))
@@ -413,6 +413,6 @@ def prepare(array: np.ndarray, affine: np.ndarray, cfg: Config) -> Prepared | No
         hu = hu[rel_lo[0] : rel_hi[0], rel_lo[1] : rel_hi[1], rel_lo[2] : rel_hi[2]]
     from monai.transforms import Compose
 
-    normalised = Compose(_hu_normalisation(cfg, "image"))({"image": hu[None]})["image"]
+    normalised = Compose(hu_normalisation(cfg, "image"))({"image": hu[None]})["image"]
     image = torch.as_tensor(normalised, dtype=torch.float32).reshape(1, 1, *hu.shape).contiguous()
     return Prepared(image=image, grid=full, crop_lo=np.asarray(crop_lo), crop=full.crop(crop_lo, crop_hi))
