@@ -57,14 +57,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else "unsafe content"
-        raise ModelError(f"{path}: refused to load checkpoint: it holds objects other than weights ({reason})") from None
+        reason = _unpickler_reason(err)
+        if "Unsupported global" in str(err):  # a class or function to call: code, not weights
+            raise ModelError(
+                f"{path}: refused to load checkpoint: it holds objects other than weights ({reason})"
+            ) from None
+        raise ModelError(f"{path}: not a readable checkpoint ({reason})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ModelError(f"{path}: not a readable checkpoint ({text})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ModelError(f"{path}: not an organseg checkpoint (expected keys 'model' and 'config')")
     return ckpt
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    """The useful words of torch's weights-only refusal (its first lines are advice to disable the check)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split(". Please use", 1)[0]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:160] if lines else "unsafe content"
 
 
 def config_of(ckpt: dict, source: str) -> Config:
@@ -81,7 +95,9 @@ def model_from_state(state_dict: dict, cfg: Config, source: str) -> VNet:
         model.load_state_dict(state_dict, strict=True)
     except (RuntimeError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()[0][:200]
-        raise ModelError(f"{source}: weights do not fit the model described by its config ({first})") from None
+        raise ModelError(
+            f"{source}: weights do not fit the model described by its config ({first})"
+        ) from None
     model.eval()
     return model
 

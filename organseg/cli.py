@@ -60,9 +60,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command(epilog=_epilog("synth"))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
-@click.option("--n", "n", default=8, show_default=True, type=click.IntRange(1, 100000), help="Number of cases.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed; the same seed gives the same data.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder to write."
+)
+@click.option(
+    "--n", "n", default=8, show_default=True, type=click.IntRange(1, 100000), help="Number of cases."
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Seed; the same seed gives the same data."
+)
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
 def synth(out_dir: Path, n: int, seed: int, overwrite: bool) -> None:
     """Write synthetic abdominal CT phantoms with ground truth (MSD layout)."""
@@ -73,9 +79,13 @@ def synth(out_dir: Path, n: int, seed: int, overwrite: bool) -> None:
 
 
 @cli.command(epilog=_epilog("train"))
-@click.option("--config", "config_name", default="abdomen", show_default=True, help="Config name or YAML path.")
+@click.option(
+    "--config", "config_name", default="abdomen", show_default=True, help="Config name or YAML path."
+)
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Labelled dataset folder.")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Run folder (default runs/<task>-<time>).")
+@click.option(
+    "--run", "run_dir", type=click.Path(path_type=Path), help="Run folder (default runs/<task>-<time>)."
+)
 @click.option("--fold", type=int, default=None, help="Train one fold (0-based).")
 @click.option("--folds", "all_folds", type=click.Choice(["all"]), default=None, help="Train every fold.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue an interrupted run.")
@@ -113,20 +123,40 @@ def train(
 
 
 @cli.command(epilog=_epilog("infer"))
-@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="CT file, DICOM folder/zip, or a folder of CTs.")
-@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help="Mask file (or folder).")
-@click.option("--model", default=None, help="Run folder, checkpoint or .safetensors (default: built-in model).")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="CT file, DICOM folder/zip, or a folder of CTs.",
+)
+@click.option(
+    "--output", "output_path", required=True, type=click.Path(path_type=Path), help="Mask file (or folder)."
+)
+@click.option(
+    "--model", default=None, help="Run folder, checkpoint or .safetensors (default: built-in model)."
+)
 @click.option("--folds", default=None, help="Folds to ensemble, e.g. 0,1,2 (default: all in the run).")
-@click.option("--series", "series_uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several.")
+@click.option(
+    "--series", "series_uid", default=None, help="DICOM SeriesInstanceUID when a folder holds several."
+)
 @click.option("--tta/--no-tta", default=None, help="Mirror test-time augmentation (slower).")
 @click.option("--overlap", type=click.FloatRange(0, 0.95), default=None, help="Sliding-window overlap.")
 @click.option("--sw-batch-size", type=click.IntRange(1), default=None, help="Windows per forward pass.")
-@click.option("--no-postprocess", is_flag=True, help="Keep every component (no largest-component, no hole fill).")
+@click.option(
+    "--no-postprocess", is_flag=True, help="Keep every component (no largest-component, no hole fill)."
+)
 @click.option("--split", is_flag=True, help="Also write one binary mask per organ.")
 @click.option("--probabilities", is_flag=True, help="Also write float16 probability maps.")
-@click.option("--stats", type=click.Path(path_type=Path), default=None, help="Per-organ statistics (.json or .csv).")
-@click.option("--rle", type=click.Path(path_type=Path), default=None, help="Run-length encodings (.json or .csv).")
-@click.option("--preview", type=click.Path(path_type=Path), default=None, help="PNG preview of the organs in 3D.")
+@click.option(
+    "--stats", type=click.Path(path_type=Path), default=None, help="Per-organ statistics (.json or .csv)."
+)
+@click.option(
+    "--rle", type=click.Path(path_type=Path), default=None, help="Run-length encodings (.json or .csv)."
+)
+@click.option(
+    "--preview", type=click.Path(path_type=Path), default=None, help="PNG preview of the organs in 3D."
+)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def infer(
@@ -181,13 +211,23 @@ def infer(
 @cli.command(epilog=_epilog("evaluate"))
 @click.option("--pred", required=True, type=click.Path(path_type=Path), help="Predicted mask (or folder).")
 @click.option("--ref", required=True, type=click.Path(path_type=Path), help="Reference mask (or folder).")
-@click.option("--ref-map", default=None, help="Reference label ids: totalsegmentator, flare22, organseg or src:dst,...")
+@click.option(
+    "--ref-map", default=None, help="Reference label ids: totalsegmentator, flare22, organseg or src:dst,..."
+)
 @click.option("--pred-map", default=None, help="Prediction label ids, as --ref-map (default organseg).")
-@click.option("--beta", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="F-beta's beta.")
+@click.option(
+    "--beta", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="F-beta's beta."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results as .json or .csv.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def evaluate(
-    pred: Path, ref: Path, ref_map: str | None, pred_map: str | None, beta: float, out: Path | None, overwrite: bool
+    pred: Path,
+    ref: Path,
+    ref_map: str | None,
+    pred_map: str | None,
+    beta: float,
+    out: Path | None,
+    overwrite: bool,
 ) -> None:
     """Per-organ Dice, IoU, precision, recall, F-beta, HD95, NSD and volumes, in physical space."""
     from organseg import metrics
@@ -198,13 +238,29 @@ def evaluate(
 
 
 @cli.command(epilog=_epilog("render"))
-@click.option("--input", "mask_path", required=True, type=click.Path(path_type=Path), help="Label mask NIfTI.")
-@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help=".mp4 video or .png still.")
-@click.option("--frames", default=72, show_default=True, type=click.IntRange(1, 3600), help="Frames in a 360° orbit.")
+@click.option(
+    "--input", "mask_path", required=True, type=click.Path(path_type=Path), help="Label mask NIfTI."
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=".mp4 video or .png still.",
+)
+@click.option(
+    "--frames", default=72, show_default=True, type=click.IntRange(1, 3600), help="Frames in a 360° orbit."
+)
 @click.option("--fps", default=24, show_default=True, type=click.IntRange(1, 120), help="Frames per second.")
 @click.option("--size", default="720x720", show_default=True, help="WIDTHxHEIGHT in pixels.")
 @click.option("--title", default=None, help="Title shown in the video.")
-@click.option("--ct", "ct_path", type=click.Path(path_type=Path), default=None, help="CT to show an axial slice under the organs.")
+@click.option(
+    "--ct",
+    "ct_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CT to show an axial slice under the organs.",
+)
 @click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write frame 0 as PNG.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def render(
@@ -236,7 +292,14 @@ def render(
 
 
 @cli.command(epilog=_epilog("demo"))
-@click.option("--out", "out_dir", default=Path("demo-out"), show_default=True, type=click.Path(path_type=Path), help="Folder for everything the demo makes.")
+@click.option(
+    "--out",
+    "out_dir",
+    default=Path("demo-out"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for everything the demo makes.",
+)
 @click.option("--n", "n_cases", default=None, type=click.IntRange(3), help="Phantoms to synthesize.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the demo's epochs.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
@@ -251,10 +314,26 @@ def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | N
     click.echo(f"report: {Path(out_dir) / 'report.json'}")
 
 
-@cli.command(epilog="\b\nExample:\n  organseg export --model runs/demo/fold_0/checkpoint_best.pt --output demo.safetensors")
-@click.option("--model", "checkpoint", required=True, type=click.Path(path_type=Path), help="A .pt checkpoint, fold or run folder.")
-@click.option("--fold", type=int, default=None, help="Fold of a run folder (default: the only or first fold).")
-@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help="The .safetensors file to write.")
+@cli.command(
+    epilog="\b\nExample:\n  organseg export --model runs/demo/fold_0/checkpoint_best.pt --output demo.safetensors"
+)
+@click.option(
+    "--model",
+    "checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A .pt checkpoint, fold or run folder.",
+)
+@click.option(
+    "--fold", type=int, default=None, help="Fold of a run folder (default: the only or first fold)."
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The .safetensors file to write.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def export(checkpoint: Path, fold: int | None, output_path: Path, overwrite: bool) -> None:
     """Export a trained model as pickle-free safetensors (weights + config), for sharing or shipping."""
@@ -271,13 +350,23 @@ def export(checkpoint: Path, fold: int | None, output_path: Path, overwrite: boo
 
 
 @cli.command()
-@click.option("--runs", "runs_dir", default=Path("runs"), show_default=True, type=click.Path(path_type=Path), help="Where local runs live.")
+@click.option(
+    "--runs",
+    "runs_dir",
+    default=Path("runs"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Where local runs live.",
+)
 def models(runs_dir: Path) -> None:
     """List the built-in model and local training runs."""
     from organseg.infer.models import list_models
 
     for line in list_models(runs_dir):
         click.echo(line)
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,8 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("organseg: interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as err:
+    except _NO_ARGS_IS_HELP as err:  # a bare `organseg` or `organseg <command>`: the help is the answer
         err.show()
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        # One line like every other error; click's own format is usage, hint and message on three lines.
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        click.echo(f"organseg: error: {' '.join(err.format_message().split())}{hint}", err=True)
         sys.exit(err.exit_code)
     except OrgansegError as err:
         if debug:
@@ -303,7 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         if debug:
             raise
-        click.echo("organseg: error: out of memory (try a coarser spacing or a smaller --sw-batch-size)", err=True)
+        click.echo(
+            "organseg: error: out of memory (try a coarser spacing or a smaller --sw-batch-size)", err=True
+        )
         sys.exit(75)
     except Exception as err:  # a bug: keep the promise of one line, point to --debug
         if debug:

@@ -299,7 +299,9 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
 
 def _labels_from(value: Any, source: str, key: str) -> LabelMap:
     if not isinstance(value, dict) or not value:
-        raise _fail(source, key, "expected a mapping of label value to organ name, e.g. {0: background, 1: liver}")
+        raise _fail(
+            source, key, "expected a mapping of label value to organ name, e.g. {0: background, 1: liver}"
+        )
     try:
         items = sorted((int(k), v) for k, v in value.items())
     except (TypeError, ValueError):
@@ -371,9 +373,14 @@ def _check_values(obj: Any, source: str, prefix: str) -> None:
             raise bad("class_weights", f"expected 'auto', 'none' or a list, got {obj.class_weights!r}")
     elif isinstance(obj, DataConfig):
         if obj.label_preset and obj.label_preset not in LABEL_PRESETS:
-            raise bad("label_preset", f"unknown preset {obj.label_preset!r} (known: {', '.join(LABEL_PRESETS)})")
+            raise bad(
+                "label_preset", f"unknown preset {obj.label_preset!r} (known: {', '.join(LABEL_PRESETS)})"
+            )
     elif isinstance(obj, Config):
-        if isinstance(obj.loss.class_weights, tuple) and len(obj.loss.class_weights) != obj.labels.num_classes:
+        if (
+            isinstance(obj.loss.class_weights, tuple)
+            and len(obj.loss.class_weights) != obj.labels.num_classes
+        ):
             raise _fail(
                 source,
                 "loss.class_weights",
@@ -381,7 +388,11 @@ def _check_values(obj: Any, source: str, prefix: str) -> None:
             )
         for v, name in obj.data.label_map.items():
             if name not in obj.labels.names:
-                raise _fail(source, f"data.label_map.{v}", f"{name!r} is not in labels ({', '.join(obj.labels.names)})")
+                raise _fail(
+                    source,
+                    f"data.label_map.{v}",
+                    f"{name!r} is not in labels ({', '.join(obj.labels.names)})",
+                )
 
 
 def config_from_dict(data: dict, source: str = "<config>") -> Config:

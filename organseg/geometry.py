@@ -175,3 +175,16 @@ def resample_volume(vol: Volume, like: Volume, order: int = 0, cval: float = 0.0
     """``vol`` resampled onto ``like``'s grid (world space); the result carries ``like``'s affine and header."""
     array = resample_to_grid(vol.array, vol.affine, like.affine, like.shape, order=order, cval=cval)
     return Volume(array=array, affine=like.affine.copy(), source=vol.source, header=like.header)
+
+
+def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
+    """Index slices of the smallest box holding every true voxel of ``mask``, grown by ``pad`` voxels
+    (clipped to the array); ``None`` when the mask is empty. Works in the array's own index order."""
+    slices = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        nz = np.flatnonzero(mask.any(axis=other))
+        if nz.size == 0:
+            return None
+        slices.append(slice(max(int(nz[0]) - pad, 0), min(int(nz[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(slices)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ import numpy as np
 from organseg import io
 from organseg.config import LABEL_PRESETS, LabelMap
 from organseg.errors import ConfigError, InputError, OutputError
+from organseg.geometry import bounding_box
 
 #: NSD tolerance per organ, in mm, as in the FLARE22 evaluation code.
 NSD_TOLERANCE_MM: dict[str, float] = {"liver": 5.0, "kidney_right": 3.0, "kidney_left": 3.0, "spleen": 3.0}
@@ -215,17 +215,6 @@ def _fmt_box(corners: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------- scores
 
 
-def _bbox(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...] | None:
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        slices.append(slice(max(int(nz[0]) - pad, 0), min(int(nz[-1]) + 1 + pad, mask.shape[axis])))
-    return tuple(slices)
-
-
 def _surface_metrics(
     p: np.ndarray, r: np.ndarray, spacing_mm: Sequence[float], tol_mm: float
 ) -> tuple[float, float]:
@@ -264,7 +253,7 @@ def organ_scores(
     import torch
     from monai.metrics import compute_dice
 
-    box = _bbox(pred | ref)
+    box = bounding_box(pred | ref, pad=1)
     if box is None:  # both empty: a correct "absent"
         return dict(dice=1.0, iou=1.0, precision=1.0, recall=1.0, fbeta=1.0, hd95_mm=0.0, nsd=1.0)
     p, r = pred[box], ref[box]
@@ -497,16 +486,6 @@ def format_table(result: Mapping) -> str:
     return "\n".join(out)
 
 
-def _json_safe(obj: object) -> object:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _csv_rows(result: Mapping, case: str) -> list[dict]:
     if "summary" in result and "cases" in result:
         rows = []
@@ -521,7 +500,7 @@ def write_metrics(result: Mapping, path: str | Path, overwrite: bool = False, ca
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        io.atomic_write_text(path, json.dumps(_json_safe(result), indent=2) + "\n", overwrite=overwrite)
+        io.atomic_write_json(path, result, overwrite=overwrite)
     elif suffix == ".csv":
         buf = _io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["case", "organ", *METRIC_KEYS], lineterminator="\n")

@@ -47,14 +47,17 @@ def demo(
         overwrite: allow a non-empty ``out_dir`` (its previous demo files are replaced).
         render_video: also render the first held-out prediction to MP4 + PNG.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputError(f"{out_dir}: folder is not empty (pass --overwrite to reuse it)")
+    # Imported after the checks above, so a wrong --out fails at once rather than after torch loads.
     from organseg.infer import segment
     from organseg.metrics import evaluate
     from organseg.phantom import synthesize
     from organseg.training import train
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputError(f"{out_dir}: folder is not empty (pass --overwrite to reuse it)")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(config)
     if epochs is not None:
@@ -96,7 +99,8 @@ def demo(
     timings["infer_and_evaluate"] = time.perf_counter() - t
 
     dice = {
-        organ: float(np.mean([case[organ]["dice"] for case in per_case.values()])) for organ in cfg.labels.organs
+        organ: float(np.mean([case[organ]["dice"] for case in per_case.values()]))
+        for organ in cfg.labels.organs
     }
     outputs = {"predictions": str(pred_dir), "run": str(run_dir)}
     if render_video and first_pred is not None:
@@ -126,23 +130,10 @@ def demo(
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "outputs": outputs,
     }
-    atomic_write_json(out_dir / "report.json", _jsonable(report))
+    atomic_write_json(out_dir / "report.json", report)
     return report
 
 
 def _held_out_images(root: Path, written: list) -> list[Path]:
     dataset = json.loads((root / "dataset.json").read_text())
     return [root / entry["image"].lstrip("./") for entry in dataset["training"]]
-
-
-def _jsonable(obj: object) -> object:
-    """NaN/inf are not JSON: write them as strings so the report stays valid JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, (np.floating, np.integer)):
-        return _jsonable(obj.item())
-    return obj

@@ -236,8 +236,6 @@ def hu_normalisation(cfg: Config, key: str = "image") -> list:
     ]
 
 
-
-
 def body_margin_voxels(cfg: Config) -> tuple[int, int, int]:
     """``preprocess.margin_mm`` in voxels of the target spacing, rounded up, per axis."""
     return tuple(int(math.ceil(cfg.preprocess.margin_mm / s)) for s in cfg.preprocess.spacing_mm)

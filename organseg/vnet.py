@@ -36,7 +36,9 @@ class ConvNormAct(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, norm: str = "instance"):
         super().__init__(
-            nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2 if stride == 1 else 0, bias=False),
+            nn.Conv3d(
+                in_ch, out_ch, kernel, stride=stride, padding=kernel // 2 if stride == 1 else 0, bias=False
+            ),
             _norm(norm, out_ch),
             nn.PReLU(out_ch),
         )
@@ -45,7 +47,9 @@ class ConvNormAct(nn.Sequential):
 class ResidualBlock(nn.Module):
     """``n_convs`` 3x3x3 ConvNormAct with the input added to the output (1x1x1 projection if widths differ)."""
 
-    def __init__(self, in_ch: int, out_ch: int, n_convs: int = 2, norm: str = "instance", dropout: float = 0.0):
+    def __init__(
+        self, in_ch: int, out_ch: int, n_convs: int = 2, norm: str = "instance", dropout: float = 0.0
+    ):
         super().__init__()
         layers = [ConvNormAct(in_ch if i == 0 else out_ch, out_ch, norm=norm) for i in range(n_convs)]
         self.convs = nn.Sequential(*layers)
@@ -98,7 +102,9 @@ class VNet(nn.Module):
         for i in reversed(range(len(filters))):
             f = filters[i]
             self.up.append(
-                nn.Sequential(nn.ConvTranspose3d(below, f, 2, stride=2, bias=False), _norm(norm, f), nn.PReLU(f))
+                nn.Sequential(
+                    nn.ConvTranspose3d(below, f, 2, stride=2, bias=False), _norm(norm, f), nn.PReLU(f)
+                )
             )
             self.dec.append(ResidualBlock(2 * f, f, convs_per_block, norm, dropout if i in deep else 0.0))
             below = f
@@ -161,7 +167,11 @@ def count_flops(model: VNet, patch_size: Sequence[int], in_channels: int = 1) ->
         else:
             total += 2 * module.in_channels // module.groups * module.out_channels * k * out.shape[2:].numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))
+    ]
     try:
         was_training = model.training
         model.eval()

@@ -157,3 +157,13 @@ def test_axis_reordering_reports_axes_signs_offsets(axes):
     assert found is not None
     assert found.axes == axes and found.signs == (1, -1, 1)
     assert found.offsets == (0, SHAPE[axes[1]] - 1, 0)
+
+
+def test_bounding_box_pads_and_clips() -> None:
+    from organseg.geometry import bounding_box
+
+    mask = np.zeros((6, 7, 8), bool)
+    mask[2:4, 0:2, 5] = True
+    assert bounding_box(mask) == (slice(2, 4), slice(0, 2), slice(5, 6))
+    assert bounding_box(mask, pad=1) == (slice(1, 5), slice(0, 3), slice(4, 7))
+    assert bounding_box(np.zeros((3, 3, 3), bool)) is None

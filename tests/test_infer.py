@@ -445,7 +445,9 @@ def test_no_model_available_says_how_to_get_one(tmp_path: Path, monkeypatch: pyt
     assert "organseg demo" in str(err.value) and "missing.safetensors" in str(err.value)
 
 
-def test_default_model_is_the_builtin_one(tiny_ct_and_mask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_model_is_the_builtin_one(
+    tiny_ct_and_mask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No --model: the built-in safetensors file is used (here a tiny stand-in), never a local run."""
     from organseg.checkpoint import save_safetensors_model
 

@@ -56,7 +56,9 @@ def default_model() -> Path:
         ModelError: the file is missing from this installation; the message says how to get a model.
     """
     if not BUILTIN_MODEL.is_file():
-        raise ModelError(f"{BUILTIN_MODEL}: the built-in model is missing from this installation; {HOW_TO_GET_A_MODEL}")
+        raise ModelError(
+            f"{BUILTIN_MODEL}: the built-in model is missing from this installation; {HOW_TO_GET_A_MODEL}"
+        )
     logger.info("no model given: using the built-in model %s", BUILTIN_MODEL)
     return BUILTIN_MODEL
 

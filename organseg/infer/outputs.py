@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import json
-import math
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -201,21 +199,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _json_safe(obj: object) -> object:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_manifest(path: str | Path, manifest: Mapping, overwrite: bool) -> Path:
     """The run manifest as JSON (``<stem>.run.json``)."""
-    io.atomic_write_text(path, json.dumps(_json_safe(manifest), indent=2) + "\n", overwrite=overwrite)
+    io.atomic_write_json(path, manifest, overwrite=overwrite)
     return Path(path)

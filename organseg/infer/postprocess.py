@@ -16,19 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from organseg.config import LabelMap, PostprocessConfig
+from organseg.geometry import bounding_box
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
-
-
-def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        slices.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(slices)
 
 
 def largest_component(binary: np.ndarray) -> np.ndarray:
@@ -46,7 +36,7 @@ def postprocess_mask(mask: np.ndarray, labels: LabelMap, cfg: PostprocessConfig)
     if not (cfg.largest_component or cfg.fill_holes):
         return mask
     for organ_id in range(1, labels.num_classes):
-        box = _box(mask == organ_id)
+        box = bounding_box(mask == organ_id)
         if box is None:
             continue
         sub = mask[box]

@@ -24,7 +24,7 @@ Modules, lowest first (each imports only those above it): ``volume`` (grids, suf
 defines them, so a test that lowers one patches it there (e.g. ``organseg.io.dicom.MAX_ZIP_BYTES``).
 """
 
-from organseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, check_writable
+from organseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, check_writable, json_safe
 from organseg.io.dicom import MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, DicomSeries, list_dicom_series
 from organseg.io.formats import LPS_TO_RAS, MAX_VOXELS
 from organseg.io.readers import ImageKind, read_image, read_image_info, read_nifti, validate_volume
@@ -54,6 +54,7 @@ __all__ = [
     "Volume",
     "atomic_path",
     "atomic_write_json",
+    "json_safe",
     "atomic_write_text",
     "check_writable",
     "is_nifti",

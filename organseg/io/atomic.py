@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from organseg.errors import OutputError
@@ -48,6 +49,9 @@ def check_writable(path: str | Path, overwrite: bool = True) -> None:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise OutputError(f"{path}: {blocker} is a file, not a folder")
         raise OutputError(f"{path}: output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: output folder {parent} is not writable")
@@ -63,4 +67,22 @@ def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> No
 
 
 def atomic_write_json(path: str | Path, data: object, overwrite: bool = True) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
+    """Write ``data`` as JSON via ``json_safe`` (so NaN/inf, paths and numpy scalars never break it)."""
+    atomic_write_text(
+        path, json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n", overwrite=overwrite
+    )
+
+
+def json_safe(obj: object) -> object:
+    """A strict-JSON copy: non-finite floats become ``null``, paths strings, numpy scalars Python numbers."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
