@@ -58,7 +58,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         reason = _unpickler_reason(err)
-        if "Unsupported global" in str(err):  # a class or function to call: code, not weights
+        if "GLOBAL" in str(err):  # it names a function or class to call: code, not weights
             raise ModelError(
                 f"{path}: refused to load checkpoint: it holds objects other than weights ({reason})"
             ) from None
@@ -76,9 +76,11 @@ def _unpickler_reason(err: pickle.UnpicklingError) -> str:
     text = str(err)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
-        text = text.split(". Please use", 1)[0]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:160] if lines else "unsafe content"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if "GLOBAL" in line] or [
+        line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))
+    ]
+    return useful[0].split(". Please use", 1)[0][:160] if useful else "unsafe content"
 
 
 def config_of(ckpt: dict, source: str) -> Config:

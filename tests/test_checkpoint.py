@@ -58,7 +58,9 @@ def test_safetensors_round_trip_and_export(tmp_path: Path, tiny_cfg) -> None:
     model.eval()
     assert torch.equal(model(x), loaded(x))
 
-    save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(), "config": config_to_dict(tiny_cfg), "epoch": 5})
+    save_checkpoint(
+        tmp_path / "c.pt", {"model": model.state_dict(), "config": config_to_dict(tiny_cfg), "epoch": 5}
+    )
     export_safetensors(tmp_path / "c.pt", tmp_path / "e.safetensors")
     exported, cfg2, extra2 = load_safetensors_model(tmp_path / "e.safetensors")
     assert cfg2 == tiny_cfg and extra2["source_epoch"] == 5
@@ -110,7 +112,9 @@ def test_foreign_files_are_refused(tmp_path: Path, tiny_cfg) -> None:
     # weights of another architecture under a valid config
     other = replace_path(tiny_cfg, "model.filters", [4, 8, 16])
     mismatched = tmp_path / "mismatch.pt"
-    save_checkpoint(mismatched, {"model": build_model(other).state_dict(), "config": config_to_dict(tiny_cfg)})
+    save_checkpoint(
+        mismatched, {"model": build_model(other).state_dict(), "config": config_to_dict(tiny_cfg)}
+    )
     with pytest.raises(ModelError, match="weights do not fit"):
         model_from_checkpoint(load_checkpoint(mismatched), str(mismatched))
     # a safetensors file that is not an organseg model

@@ -88,7 +88,9 @@ def test_replace_path_validates_like_yaml() -> None:
 
 def test_json_string_keys_are_accepted() -> None:
     """Checkpoints store the config as JSON, which turns integer keys into strings."""
-    cfg = config_from_dict({"labels": {"0": "background", "1": "liver"}, "data": {"label_map": {"5": "liver"}}})
+    cfg = config_from_dict(
+        {"labels": {"0": "background", "1": "liver"}, "data": {"label_map": {"5": "liver"}}}
+    )
     assert cfg.labels == LabelMap(("background", "liver"))
     assert cfg.data.label_map == {5: "liver"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -11,6 +12,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from organseg.errors import OutputError
+
+#: Failures of the file system, not of organseg: a full disk or quota, a read-only mount, no permission.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 @contextlib.contextmanager
@@ -25,7 +29,10 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     check_writable(path, overwrite=overwrite)
     name = path.name
     suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot create a file in {path.parent} ({err.strerror or err})") from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -33,6 +40,10 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         # mkstemp creates 0600 files; give the output the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputError(f"{path}: cannot write ({err.strerror or err})") from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -63,7 +74,8 @@ def check_writable(path: str | Path, overwrite: bool = True) -> None:
 
 def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> None:
     with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(text)
+        # UTF-8 whatever the locale: GDCM (DICOM reading) switches the process to the ASCII "C" locale.
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: str | Path, data: object, overwrite: bool = True) -> None:

@@ -33,6 +33,8 @@ from organseg.io.volume import IMAGE_SUFFIXES, ImageInfo, Volume
 #: Largest total uncompressed size of a DICOM zip.
 MAX_ZIP_BYTES = 16 * 1024**3
 MAX_ZIP_MEMBERS = 200_000
+#: No DICOM compression (JPEG, JPEG 2000, RLE, deflate) shrinks CT pixel data 1000-fold.
+_MAX_COMPRESSION_RATIO = 1032
 
 
 class DicomSeries(NamedTuple):
@@ -151,6 +153,7 @@ def _read_dicom_folder(root: Path, series_uid: str | None, shown: str) -> Volume
     first.ReadImageInformation()
     if first.GetNumberOfComponents() != 1:
         raise InputError(f"{shown}: a colour (RGB) DICOM series; expected a greyscale CT")
+    _check_declared_slices(first, series, root, shown)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(series.files))
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -169,6 +172,25 @@ def _read_dicom_folder(root: Path, series_uid: str | None, shown: str) -> Volume
     if array.ndim == 2:
         array = array[np.newaxis]
     return Volume(array=_narrow(array.transpose(2, 1, 0)), affine=affine, source=shown)
+
+
+def _check_declared_slices(first: sitk.ImageFileReader, series: _Series, root: Path, shown: str) -> None:
+    """ITK allocates rows x columns x slices from the first header: refuse sizes that no file here could
+    hold, even compressed, before anything is allocated (a forged 60000 x 60000 header in a 1 kB file)."""
+    cols, rows, frames = (list(first.GetSize()) + [1])[:3]
+    _check_shape(shown, (cols, rows, max(1, frames) * len(series.files)))
+    try:
+        bits = int(first.GetMetaData("0028|0100")) if first.HasMetaDataKey("0028|0100") else 16
+    except ValueError:
+        bits = 16
+    declared = cols * rows * max(1, frames) * max(1, bits // 8)
+    for file in series.files:
+        size = os.path.getsize(file)
+        if declared > size * _MAX_COMPRESSION_RATIO + 65536:
+            raise InputError(
+                f"{shown}: slice {_rel(file, root)} declares {declared:,} bytes of pixel data ({cols}x{rows}) "
+                f"but the file holds only {size:,} bytes (truncated file or corrupt header)"
+            )
 
 
 def _refuse_unplaced_slices(series: _Series, found: list[_Series], root: Path, shown: str) -> None:

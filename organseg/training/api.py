@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from organseg.config import Config, load_config, replace_path
-from organseg.errors import ConfigError, InputError, ModelError
+from organseg.errors import ConfigError, InputError, ModelError, OrgansegError
 from organseg.training import data as D
 from organseg.training.control import InterruptFlag, TrainingInterrupted
-from organseg.training.loop import BEST, FoldTrainer, LoaderFactory
+from organseg.training.loop import BEST, LAST, FoldTrainer, LoaderFactory, load_resume_checkpoint
 from organseg.training.runfolder import RunWriter, check_run_dir, fold_dir, write_cv_summary
 
 
@@ -134,6 +134,10 @@ def train(
     k = 1 if synthetic else cfg.train.folds
     chosen = fold_indices(folds, k)
     run_info = json.loads((check_run_dir(run_dir) / "run.json").read_text()) if resume else {}
+    if resume:  # refuse a bad checkpoint before reading the data or rewriting anything in the run
+        for fold in chosen:
+            if (fold_dir(run_dir, fold) / LAST).exists():
+                load_resume_checkpoint(fold_dir(run_dir, fold) / LAST, cfg, fold)
     cases, names, counts = [], [], {}
     if not synthetic:
         data_dir = data_dir or run_info.get("data_dir") or cfg.data.root or None
@@ -202,12 +206,29 @@ def train(
                     version=_version(),
                 )
                 results[fold] = trainer.run()
+    except RuntimeError as err:
+        cause = _user_error_inside(err)
+        if cause is None:
+            raise
+        raise cause from None
     finally:
         torch.set_num_threads(previous_threads)
     if is_main:
         per_fold = _collect_fold_results(run_dir, k, results)
         write_cv_summary(writer, cfg.labels.organs, per_fold)
     return run_dir
+
+
+def _user_error_inside(err: BaseException) -> OrgansegError | None:
+    """The ``OrgansegError`` (e.g. a corrupt image) that MONAI wrapped in ``RuntimeError: applying transform``."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OrgansegError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _load_or_make_splits(run_dir: Path, names: list[str], k: int, seed: int, resume: bool) -> list[dict]:

@@ -86,6 +86,26 @@ def mean_dice(dice: dict[str, float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def load_resume_checkpoint(path: Path, cfg: Config, fold: int) -> dict:
+    """A fold's checkpoint to resume from, checked against the run's fold and label map.
+
+    ``ModelError`` when it is unreadable, unsafe (``load_checkpoint``), for another fold or for other
+    labels; the file is only read.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.get("fold") != fold:
+        raise ModelError(f"{path}: checkpoint is for fold {ckpt.get('fold')}, expected fold {fold}")
+    saved = ckpt["config"].get("labels") if isinstance(ckpt["config"], dict) else None
+    if saved is not None:
+        try:
+            names = [saved[k] for k in sorted(saved, key=int)]
+        except (TypeError, ValueError, AttributeError):
+            names = None
+        if names != list(cfg.labels.names):
+            raise ModelError(f"{path}: checkpoint labels {saved} differ from the config's")
+    return ckpt
+
+
 # --------------------------------------------------------------------------------------- one fold
 
 
@@ -165,14 +185,7 @@ class FoldTrainer:
         self.resume_rng: dict | None = None
 
     def _load(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)  # ModelError if unreadable; the file is only read
-        if ckpt.get("fold") != self.fold:
-            raise ModelError(f"{path}: checkpoint is for fold {ckpt.get('fold')}, expected fold {self.fold}")
-        saved_labels = ckpt["config"].get("labels")
-        if saved_labels is not None and [saved_labels[k] for k in sorted(saved_labels, key=int)] != list(
-            self.cfg.labels.names
-        ):
-            raise ModelError(f"{path}: checkpoint labels {saved_labels} differ from the config's")
+        ckpt = load_resume_checkpoint(path, self.cfg, self.fold)
         try:
             self.model.load_state_dict(ckpt["model"], strict=True)
             self.optimizer.load_state_dict(ckpt["optimizer"])

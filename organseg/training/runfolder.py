@@ -67,7 +67,7 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
     """Rows of a ``metrics.csv`` (empty list when it does not exist)."""
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -142,7 +142,7 @@ class RunWriter:
         if not self.enabled:
             return
         stamp = datetime.now().isoformat(timespec="seconds")
-        with (self.fold_dir(fold) / "train.log").open("a") as fh:
+        with (self.fold_dir(fold) / "train.log").open("a", encoding="utf-8") as fh:
             fh.write(f"{stamp} {message}\n")
 
     def save_checkpoint(self, fold: int, name: str, state: dict) -> Path:

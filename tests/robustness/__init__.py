@@ -1,0 +1,1 @@
+"""Robustness corpus: bad inputs, crash safety and determinism through the real CLI."""
