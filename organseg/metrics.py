@@ -509,8 +509,13 @@ def write_metrics(result: Mapping, path: str | Path, overwrite: bool = False, ca
             writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
         io.atomic_write_text(path, buf.getvalue(), overwrite=overwrite)
     else:
-        raise OutputError(f"{path}: unknown metrics format {path.suffix!r} (use .json or .csv)")
+        _check_metrics_format(path)
     return path
+
+
+def _check_metrics_format(path: Path) -> None:
+    if path.suffix.lower() not in (".json", ".csv"):
+        raise OutputError(f"{path}: unknown metrics format {path.suffix!r} (use .json or .csv)")
 
 
 def evaluate_command(
@@ -529,6 +534,7 @@ def evaluate_command(
     pred, ref = Path(pred), Path(ref)
     if out is not None:
         io.check_writable(out, overwrite=overwrite)
+        _check_metrics_format(Path(out))
     kwargs = dict(labels=labels, ref_map=ref_map, pred_map=pred_map, beta=beta)
     if pred.is_dir() and ref.is_dir() and _cases_in(pred):
         result = evaluate_folder(pred, ref, **kwargs)

@@ -219,7 +219,10 @@ def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) 
             )
         if output.suffix.lower() in (".nii", ".gz", ".nrrd", ".mha") and not batch:
             raise OutputError(f"{output}: masks are written as NIfTI; use a .nii.gz file name")
-        output.mkdir(parents=True, exist_ok=True)
+        # The folder is created only once model and inputs have been checked (see segment), so a
+        # failing run leaves nothing behind; until then, check that it could be created.
+        if not output.exists():
+            io.check_writable(output, overwrite=False)
     plans = []
     for path in inputs:
         case = _case_name(path)
@@ -235,7 +238,7 @@ def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) 
             manifest=stem.with_name(f"{stem.name}.run.json"),
         )
         for p in (plan.mask, plan.stats, plan.rle, plan.preview, plan.manifest):
-            if p is not None:
+            if p is not None and p.parent.exists():
                 io.check_writable(p, overwrite=overwrite)
         for p, kinds in (
             (plan.stats, (".json", ".csv")),
@@ -331,6 +334,8 @@ def segment(
     model_path = default_model() if model is None else Path(model)
     files = resolve_model_files(model_path, folds)
     nets_cfgs = check_ensemble([load_model_file(f, device) for f in files], files, expected_labels)
+    for plan in plans:
+        plan.mask.parent.mkdir(parents=True, exist_ok=True)
     nets = [n for n, _ in nets_cfgs]
     cfg = nets_cfgs[0][1]
     logger.info("segmenting %d case(s) with %s on %s", len(plans), ", ".join(map(str, files)), device)

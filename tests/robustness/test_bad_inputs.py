@@ -120,10 +120,6 @@ def test_a_constant_image_is_segmented_with_a_warning(assets, tmp_path, out_dir,
     assert nib.load(out_dir / "mask.nii.gz").shape == (20, 18, 16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="organseg.infer._plan creates a folder --output before the model and inputs are checked",
-)
 def test_infer_creates_no_output_folder_when_it_fails(assets, tmp_path, cli):
     cases = tmp_path / "cts"
     cases.mkdir()
@@ -262,11 +258,6 @@ def test_evaluate_refuses_masks_of_different_patients(assets, tmp_path, out_dir,
     assert snapshot(out_dir) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="organseg.metrics.evaluate_command checks only that --out is writable, not its format, "
-    "so an unknown suffix fails after every metric is computed and the table printed",
-)
 def test_evaluate_refuses_an_unknown_out_format_before_computing(assets, out_dir, cli):
     before = snapshot(out_dir)
     result = cli(*_command("evaluate", assets, out_dir / "metrics.txt"))
