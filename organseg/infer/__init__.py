@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -59,6 +58,7 @@ from organseg.infer.postprocess import postprocess_mask
 from organseg.infer.preprocess import Grid, prepare
 from organseg.infer.sliding import predict_probabilities
 from organseg.infer.tta import parse_tta
+from organseg.runtime import cpu_threads, resolve_device
 
 __all__ = ["CaseResult", "SegmentResult", "check_ct_intensities", "default_model", "segment"]
 
@@ -265,10 +265,6 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def segment(
     input: str | Path,
     output: str | Path,
@@ -316,7 +312,8 @@ def segment(
         overwrite: replace existing outputs (otherwise they are an ``OutputError`` before any work).
         progress: progress bars (windows for one case, cases for a folder).
         expected_labels: the labels the caller needs; a model for other labels is a ``ModelError``.
-        threads: CPU threads for torch (``None``: ``os.cpu_count()``); the caller's setting is restored.
+        threads: CPU threads for torch (``None``: ``runtime.cpu_threads()``, the cores not kept busy by
+            other processes); the caller's setting is restored.
             Use fewer on a machine shared with other jobs: OpenMP threads that wait for a busy core spin
             and can make inference several times slower.
 
@@ -330,7 +327,7 @@ def segment(
     if sw_batch_size is not None and sw_batch_size < 1:
         raise ConfigError(f"sw_batch_size: must be >= 1, got {sw_batch_size}")
     plans, batch = _plan(input_path, output_path, stats, rle, preview, overwrite)
-    device = device or _default_device()
+    device = str(resolve_device(device))
     model_path = default_model() if model is None else Path(model)
     files = resolve_model_files(model_path, folds)
     nets_cfgs = check_ensemble([load_model_file(f, device) for f in files], files, expected_labels)
@@ -350,7 +347,7 @@ def segment(
         "channels_last": CHANNELS_LAST,
     }
     results = []
-    with _threads(threads or os.cpu_count() or 1), torch.inference_mode():
+    with _threads(threads or cpu_threads()), torch.inference_mode():
         iterator = plans
         if batch and progress:
             from tqdm import tqdm
