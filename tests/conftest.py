@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -74,3 +75,38 @@ def tiny_ct_and_mask(tmp_path: Path) -> tuple[Path, Path]:
     nib.save(nib.Nifti1Image(ct.astype(np.int16), affine), ct_path)
     nib.save(nib.Nifti1Image(mask, affine), mask_path)
     return ct_path, mask_path
+
+
+def tiny_phantom(seed: int, shape=(36, 32, 26)) -> tuple[np.ndarray, np.ndarray]:
+    """A small CT (int16 HU: body, noise) with liver, kidney and spleen blobs, and its label mask.
+
+    Meant for a RAS grid: liver and right kidney at +x (the patient's right), left kidney and spleen at -x.
+    """
+    rng = np.random.default_rng(seed)
+    ii, jj, kk = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
+    c = np.array(shape) / 2 + rng.uniform(-1.0, 1.0, 3)
+    ct = np.full(shape, -1000.0)
+    ct[((ii - c[0]) / (shape[0] * 0.45)) ** 2 + ((jj - c[1]) / (shape[1] * 0.42)) ** 2 < 1] = -80.0
+    label = np.zeros(shape, np.uint8)
+    for value, offset, radii, hu in [
+        (1, (7, 3, 3), (6, 6, 7), 60.0),
+        (2, (8, -7, -4), (3, 3, 4), 160.0),
+        (3, (-8, -7, -4), (3, 3, 4), 160.0),
+        (4, (-9, 3, 4), (3, 4, 4), 45.0),
+    ]:
+        inside = (
+            sum(((g - (ci + o)) / r) ** 2 for g, ci, o, r in zip((ii, jj, kk), c, offset, radii, strict=True))
+            < 1
+        )
+        label[inside], ct[inside] = value, hu
+    ct += rng.normal(0, 15, shape)
+    return ct.astype(np.int16), label
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (faster than two on a shared 2-core machine), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

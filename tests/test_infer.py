@@ -52,12 +52,8 @@ def save_tiny(path: Path, cfg=None, seed: int = 0, background_only: bool = False
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread for code the tests call directly (segment gets ``threads=1``, see ``run``)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")

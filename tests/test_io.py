@@ -661,7 +661,9 @@ def test_atomic_outputs_get_umask_permissions(tmp_path: Path) -> None:
 def test_atomic_json_is_strict_json(tmp_path: Path) -> None:
     """NaN/inf would make invalid JSON: they are written as null; paths and numpy scalars as plain values."""
     out = tmp_path / "r.json"
-    io.atomic_write_json(out, {"a": float("nan"), "b": [np.float32(1.5), float("inf")], "c": tmp_path, 3: np.int64(2)})
+    io.atomic_write_json(
+        out, {"a": float("nan"), "b": [np.float32(1.5), float("inf")], "c": tmp_path, 3: np.int64(2)}
+    )
     text = out.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [1.5, None], "c": str(tmp_path), "3": 2}

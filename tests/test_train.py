@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import nibabel as nib
 import numpy as np
 import pytest
@@ -36,28 +37,11 @@ ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")
 
 
 def tiny_phantom(seed: int, shape=(36, 32, 26), spacing=4.0):
-    """Body ellipse with liver + right kidney at +x (patient right, RAS), left kidney + spleen at -x."""
-    rng = np.random.default_rng(seed)
-    ii, jj, kk = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
-    c = np.array(shape) / 2 + rng.uniform(-1.0, 1.0, 3)
-    ct = np.full(shape, -1000.0)
-    ct[((ii - c[0]) / (shape[0] * 0.45)) ** 2 + ((jj - c[1]) / (shape[1] * 0.42)) ** 2 < 1] = -80.0
-    label = np.zeros(shape, np.uint8)
-    for value, offset, radii, hu in [
-        (1, (7, 3, 3), (6, 6, 7), 60.0),
-        (2, (8, -7, -4), (3, 3, 4), 160.0),
-        (3, (-8, -7, -4), (3, 3, 4), 160.0),
-        (4, (-9, 3, 4), (3, 4, 4), 45.0),
-    ]:
-        m = (
-            sum(((g - (ci + o)) / r) ** 2 for g, ci, o, r in zip((ii, jj, kk), c, offset, radii, strict=True))
-            < 1
-        )
-        label[m], ct[m] = value, hu
-    ct += rng.normal(0, 15, shape)
+    """conftest's tiny phantom on an isotropic RAS grid: (ct, label, affine)."""
+    ct, label = conftest.tiny_phantom(seed, shape)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = (-70.0, -60.0, -50.0)
-    return ct.astype(np.int16), label, affine
+    return ct, label, affine
 
 
 def write_msd(root: Path, n: int, seed: int = 0, bad_value_case: int | None = None) -> Path:

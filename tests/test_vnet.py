@@ -11,12 +11,8 @@ from organseg.vnet import VNet, count_flops, count_parameters
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: faster than two on a shared 2-core machine, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (see conftest)."""
 
 
 def test_odd_input_size_keeps_shape_and_softmax_sums_to_one():

@@ -238,7 +238,8 @@ def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) 
             manifest=stem.with_name(f"{stem.name}.run.json"),
         )
         for p in (plan.mask, plan.stats, plan.rle, plan.preview, plan.manifest):
-            if p is not None and p.parent.exists():
+            new_folder = to_folder and p is not None and p.parent == output and not output.exists()
+            if p is not None and not new_folder:
                 io.check_writable(p, overwrite=overwrite)
         for p, kinds in (
             (plan.stats, (".json", ".csv")),

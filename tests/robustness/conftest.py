@@ -33,6 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import tiny_phantom  # tests/conftest.py, re-exported for the corpus
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,29 +182,6 @@ def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, affine_4mm() if affine is None else affine), str(path))
     return path
-
-
-def tiny_phantom(seed: int, shape=(36, 32, 26)) -> tuple[np.ndarray, np.ndarray]:
-    """A 4 mm CT (int16 HU) with liver, kidneys and spleen blobs, and its label mask (RAS: +x right)."""
-    rng = np.random.default_rng(seed)
-    ii, jj, kk = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
-    c = np.array(shape) / 2 + rng.uniform(-1.0, 1.0, 3)
-    ct = np.full(shape, -1000.0)
-    ct[((ii - c[0]) / (shape[0] * 0.45)) ** 2 + ((jj - c[1]) / (shape[1] * 0.42)) ** 2 < 1] = -80.0
-    label = np.zeros(shape, np.uint8)
-    for value, offset, radii, hu in [
-        (1, (7, 3, 3), (6, 6, 7), 60.0),
-        (2, (8, -7, -4), (3, 3, 4), 160.0),
-        (3, (-8, -7, -4), (3, 3, 4), 160.0),
-        (4, (-9, 3, 4), (3, 4, 4), 45.0),
-    ]:
-        inside = (
-            sum(((g - (ci + o)) / r) ** 2 for g, ci, o, r in zip((ii, jj, kk), c, offset, radii, strict=True))
-            < 1
-        )
-        label[inside], ct[inside] = value, hu
-    ct += rng.normal(0, 15, shape)
-    return ct.astype(np.int16), label
 
 
 def write_msd(root: Path, n: int, seed: int = 0, label_value_7_in: int | None = None) -> Path:
