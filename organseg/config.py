@@ -121,10 +121,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation. ``flip_lr`` is ``swap`` (mirror and swap left/right labels) or ``off``."""
+    """Training augmentation.
+
+    ``flip_lr``: ``off`` (default) never mirrors along the patient's left-right axis; ``swap`` mirrors and
+    swaps the ``*_right``/``*_left`` labels. Off by default because a mirror has no label-consistent form
+    for unpaired organs: it moves the liver to the left and the spleen to the right (situs inversus)
+    without renaming them, so the network stops using the side to tell liver from spleen -- seen here
+    as a built-in model that labelled the lateral liver "spleen". Flips along the other axes stay on.
+    """
 
     flip_prob: float = 0.5
-    flip_lr: Literal["swap", "off"] = "swap"
+    flip_lr: Literal["swap", "off"] = "off"
     rotate_deg: float = 10.0
     zoom: tuple[float, float] = (0.9, 1.1)
     affine_prob: float = 0.3
@@ -249,6 +256,8 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
             raise _fail(source, key, f"expected a mapping, got {value!r}")
         return _build(tp, value, source, key)
     if origin is Literal:
+        if isinstance(value, bool) and ("off" if not value else "on") in args:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
         if value not in args:
             raise _fail(source, key, f"expected one of {list(args)}, got {value!r}")
         return value

@@ -99,3 +99,13 @@ def test_infer_patch_size_defaults_to_train_patch() -> None:
     cfg = Config()
     assert cfg.infer_patch_size == cfg.train.patch_size
     assert replace_path(cfg, "infer.patch_size", [96, 96, 96]).infer_patch_size == (96, 96, 96)
+
+
+def test_bare_yaml_off_means_off(tmp_path: Path) -> None:
+    """YAML 1.1 turns a bare ``off`` into False; where 'off' is an allowed value, it means 'off'."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  augment:\n    flip_lr: off\n")
+    assert load_config(path).train.augment.flip_lr == "off"
+    path.write_text("train:\n  augment:\n    flip_lr: on\n")
+    with pytest.raises(ConfigError, match="flip_lr"):
+        load_config(path)

@@ -144,11 +144,11 @@ def test_flips_along_other_axes_do_not_swap_labels(kidney_case, axis):
 
 
 def test_training_augmentation_never_flips_axis_0_without_swapping():
-    swap = T.augment_transforms(small_config())
-    assert any(isinstance(t, T.RandFlipLRSwapd) for t in swap)
+    off = T.augment_transforms(small_config())  # the default: no left-right mirror at all
     d = config_to_dict(small_config())
-    d["train"]["augment"]["flip_lr"] = "off"
-    off = T.augment_transforms(config_from_dict(d))
+    d["train"]["augment"]["flip_lr"] = "swap"
+    swap = T.augment_transforms(config_from_dict(d))
+    assert any(isinstance(t, T.RandFlipLRSwapd) for t in swap)
     assert not any(isinstance(t, T.RandFlipLRSwapd) for t in off)
     for t in swap + off:
         if isinstance(t, RandFlipd):
