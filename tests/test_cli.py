@@ -16,7 +16,11 @@ COMMANDS = sorted(cli.commands)
 
 def organseg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "organseg.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "organseg.cli", *args],
+        capture_output=True,
+        encoding="utf-8",  # the table and progress bars are UTF-8 whatever this process's locale is
+        cwd=cwd,
+        timeout=300,
     )
 
 

@@ -193,7 +193,16 @@ def test_resume_continues_exactly_from_the_saved_epoch(full_run, dataset, tmp_pa
     ]  # same first steps
 
 
-def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(full_run, dataset, tmp_path):
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test: a runner started in the background (``cmd &``) inherits
+    an ignored SIGINT, which would hide whether training restores the handler it found."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(full_run, dataset, tmp_path, default_sigint):
     run = tmp_path / "run"
     calls = {"n": 0}
 
@@ -295,7 +304,7 @@ def test_labels_outside_the_label_map_are_refused(tmp_path):
         train(tiny_config(folds=2), data, tmp_path / "run", folds=0, progress=False)
 
 
-def test_interrupt_flag_turns_sigint_into_a_request():
+def test_interrupt_flag_turns_sigint_into_a_request(default_sigint):
     flag = InterruptFlag()
     with flag.installed():
         os.kill(os.getpid(), signal.SIGINT)
