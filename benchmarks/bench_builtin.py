@@ -64,12 +64,12 @@ def main() -> None:
         subprocess.run(
             organseg(
                 "evaluate", "--pred", str(tmp / "a.nii.gz"), "--ref", str(ct.parent / "seg_totalsegmentator.nii.gz"),
-                "--ref-map", "totalsegmentator", "--out", str(tmp / "a.json"),
+                "--ref-map", "totalsegmentator", "--out", str(tmp / "a_scores.json"),
             ),
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        scores = json.loads((tmp / "a.json").read_text())
+        scores = json.loads((tmp / "a_scores.json").read_text())
         rows.append(("(a) real CT 122x101x30, 3 mm", wall, rss, {k: v["dice"] for k, v in scores.items()}))
 
         dicom = SHARED / "totalseg-dicom" / "dicom"
@@ -77,12 +77,12 @@ def main() -> None:
         subprocess.run(
             organseg(
                 "evaluate", "--pred", str(tmp / "b.nii.gz"), "--ref", str(dicom.parent / "seg_totalsegmentator.nii.gz"),
-                "--ref-map", "totalsegmentator", "--out", str(tmp / "b.json"),
+                "--ref-map", "totalsegmentator", "--out", str(tmp / "b_scores.json"),
             ),
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        scores = json.loads((tmp / "b.json").read_text())
+        scores = json.loads((tmp / "b_scores.json").read_text())
         rows.append(
             ("(b) real DICOM 512x512x20", wall, rss, {k: scores[k]["dice"] for k in ("liver", "spleen")})
         )
