@@ -63,8 +63,15 @@ def main() -> None:
         wall, rss = run_timed(organseg("infer", "--input", str(ct), "--output", str(tmp / "a.nii.gz")))
         subprocess.run(
             organseg(
-                "evaluate", "--pred", str(tmp / "a.nii.gz"), "--ref", str(ct.parent / "seg_totalsegmentator.nii.gz"),
-                "--ref-map", "totalsegmentator", "--out", str(tmp / "a_scores.json"),
+                "evaluate",
+                "--pred",
+                str(tmp / "a.nii.gz"),
+                "--ref",
+                str(ct.parent / "seg_totalsegmentator.nii.gz"),
+                "--ref-map",
+                "totalsegmentator",
+                "--out",
+                str(tmp / "a_scores.json"),
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -76,8 +83,15 @@ def main() -> None:
         wall, rss = run_timed(organseg("infer", "--input", str(dicom), "--output", str(tmp / "b.nii.gz")))
         subprocess.run(
             organseg(
-                "evaluate", "--pred", str(tmp / "b.nii.gz"), "--ref", str(dicom.parent / "seg_totalsegmentator.nii.gz"),
-                "--ref-map", "totalsegmentator", "--out", str(tmp / "b_scores.json"),
+                "evaluate",
+                "--pred",
+                str(tmp / "b.nii.gz"),
+                "--ref",
+                str(dicom.parent / "seg_totalsegmentator.nii.gz"),
+                "--ref-map",
+                "totalsegmentator",
+                "--out",
+                str(tmp / "b_scores.json"),
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -88,7 +102,9 @@ def main() -> None:
         )
 
         clinical_ct(tmp / "c.nii.gz")
-        wall, rss = run_timed(organseg("infer", "--input", str(tmp / "c.nii.gz"), "--output", str(tmp / "c_mask.nii.gz")))
+        wall, rss = run_timed(
+            organseg("infer", "--input", str(tmp / "c.nii.gz"), "--output", str(tmp / "c_mask.nii.gz"))
+        )
         rows.append(("(c) synthetic 512x512x130, 0.8x0.8x2.5 mm", wall, rss, {}))
 
     lines = ["| case | wall s | peak RSS MB | Dice |", "|---|---|---|---|"]
@@ -98,7 +114,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_append:
-        machine = f"{platform.platform()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        machine = (
+            f"{platform.platform()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        )
         load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
         section = (
             f"\n## Built-in model: real-CT Dice and end-to-end CPU time ({date.today().isoformat()})\n\n"
