@@ -44,6 +44,15 @@ def organseg(*args: str) -> list[str]:
     return [sys.executable, "-m", "organseg.cli", *args]
 
 
+def infer_and_score(image: Path, reference: Path, stem: Path) -> tuple[float, float, dict[str, float]]:
+    """Time ``organseg infer`` (built-in model) on ``image``; Dice per organ against TotalSegmentator's labels."""
+    mask, scores = Path(f"{stem}.nii.gz"), Path(f"{stem}_scores.json")
+    wall, rss = run_timed(organseg("infer", "--input", str(image), "--output", str(mask)))
+    evaluate = ["evaluate", "--pred", str(mask), "--ref", str(reference), "--ref-map", "totalsegmentator"]
+    subprocess.run(organseg(*evaluate, "--out", str(scores)), check=True, stdout=subprocess.DEVNULL)
+    return wall, rss, {k: v["dice"] for k, v in json.loads(scores.read_text()).items()}
+
+
 def clinical_ct(path: Path) -> None:
     from organseg.io import write_nifti
     from organseg.phantom import generate_case
@@ -60,46 +69,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ct = SHARED / "totalseg-example" / "ct.nii.gz"
-        wall, rss = run_timed(organseg("infer", "--input", str(ct), "--output", str(tmp / "a.nii.gz")))
-        subprocess.run(
-            organseg(
-                "evaluate",
-                "--pred",
-                str(tmp / "a.nii.gz"),
-                "--ref",
-                str(ct.parent / "seg_totalsegmentator.nii.gz"),
-                "--ref-map",
-                "totalsegmentator",
-                "--out",
-                str(tmp / "a_scores.json"),
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        scores = json.loads((tmp / "a_scores.json").read_text())
-        rows.append(("(a) real CT 122x101x30, 3 mm", wall, rss, {k: v["dice"] for k, v in scores.items()}))
-
+        wall, rss, dice = infer_and_score(ct, ct.parent / "seg_totalsegmentator.nii.gz", tmp / "a")
+        rows.append(("(a) real CT 122x101x30, 3 mm", wall, rss, dice))
         dicom = SHARED / "totalseg-dicom" / "dicom"
-        wall, rss = run_timed(organseg("infer", "--input", str(dicom), "--output", str(tmp / "b.nii.gz")))
-        subprocess.run(
-            organseg(
-                "evaluate",
-                "--pred",
-                str(tmp / "b.nii.gz"),
-                "--ref",
-                str(dicom.parent / "seg_totalsegmentator.nii.gz"),
-                "--ref-map",
-                "totalsegmentator",
-                "--out",
-                str(tmp / "b_scores.json"),
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        scores = json.loads((tmp / "b_scores.json").read_text())
-        rows.append(
-            ("(b) real DICOM 512x512x20", wall, rss, {k: scores[k]["dice"] for k in ("liver", "spleen")})
-        )
+        wall, rss, dice = infer_and_score(dicom, dicom.parent / "seg_totalsegmentator.nii.gz", tmp / "b")
+        rows.append(("(b) real DICOM 512x512x20", wall, rss, {k: dice[k] for k in ("liver", "spleen")}))
 
         clinical_ct(tmp / "c.nii.gz")
         wall, rss = run_timed(

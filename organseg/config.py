@@ -262,12 +262,11 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
             raise _fail(source, key, f"expected one of {list(args)}, got {value!r}")
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         for option in args:
             try:
                 return _convert(value, option, source, key)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise _fail(source, key, f"value {value!r} fits none of the allowed types")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

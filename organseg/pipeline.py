@@ -9,7 +9,6 @@ renders the first one, and writes ``report.json``:
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def demo(
     pred_dir.mkdir(exist_ok=True)
     per_case: dict[str, dict] = {}
     first_pred: Path | None = None
-    for image_path in _held_out_images(out_dir / "held_out", held_out):
+    for image_path in held_out:  # synthesize returns the image paths it wrote
         name = image_path.name
         pred_path = pred_dir / name
         label_path = out_dir / "held_out" / "labelsTr" / name
@@ -132,8 +131,3 @@ def demo(
     }
     atomic_write_json(out_dir / "report.json", report)
     return report
-
-
-def _held_out_images(root: Path, written: list) -> list[Path]:
-    dataset = json.loads((root / "dataset.json").read_text())
-    return [root / entry["image"].lstrip("./") for entry in dataset["training"]]
