@@ -6,6 +6,7 @@ Shared by training and inference so both treat ``--device`` and a busy CPU the s
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -27,19 +28,42 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def cpu_threads() -> int:
-    """Torch threads for CPU training: the cores this process may use, minus those other processes keep busy.
+def runnable_tasks(path: str = "/proc/loadavg") -> int | None:
+    """Tasks the kernel has runnable right now, this one included (4th field of ``/proc/loadavg``)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_threads(samples: int = 5, interval_s: float = 0.02) -> int:
+    """Torch threads for CPU work: the cores this process may use, minus those other processes keep busy.
 
     Oversubscribed OpenMP threads spin and wait on each other: on 2 cores shared with other work, 2
-    threads were 6x slower per step than 1 (measured). The 1-minute load average is the estimate of
-    busy cores; an idle machine gets every core.
+    threads were 6x slower per step than 1 (measured). Busy cores are counted as the tasks runnable
+    right now besides this one (the fewest over a few samples, so a passing ``ls`` does not count).
+    The load average is not used where that count exists: it also counts this process's own recent
+    work (``organseg demo`` synthesizes phantoms just before it trains, which made it train on one of
+    two idle cores at half speed).
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:
-        busy = 0
+    counts = []
+    for i in range(samples):
+        n = runnable_tasks()
+        if n is None:
+            break
+        counts.append(n - 1)
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    if counts:
+        busy = min(counts)
+    else:
+        try:
+            busy = int(os.getloadavg()[0] + 0.5)
+        except OSError:
+            busy = 0
     return max(1, min(cores, cores - busy))

@@ -77,6 +77,11 @@ def validate(
     return {organ: float(v) for organ, v in zip(cfg.labels.organs, per_class, strict=True)}
 
 
+def _threads_text() -> str:
+    n = torch.get_num_threads()
+    return f", {n} thread{'s' if n != 1 else ''}"
+
+
 def _rounded(values: tuple[float, ...] | None) -> list[float] | None:
     return None if values is None else [round(v, 3) for v in values]
 
@@ -238,7 +243,8 @@ class FoldTrainer:
             self.log(f"already finished at epoch {self.state['epoch']}")
             return self._best()
         self.log(
-            f"training on {self.device} ({'mixed precision ' + str(self.amp).split('.')[-1] if self.amp else 'float32'}): "
+            f"training on {self.device} ({'mixed precision ' + str(self.amp).split('.')[-1] if self.amp else 'float32'}"
+            f"{_threads_text() if self.device.type == 'cpu' else ''}): "
             f"epochs {self.state['epoch'] + 1}..{self.last_epoch} of {cfg.train.epochs}, {self.spe} steps x "
             f"{cfg.train.batch_size} patches {list(cfg.train.patch_size)}; data {self.data.summary}; "
             f"class weights {_rounded(self.loss_fn.class_weights)}"
