@@ -215,6 +215,29 @@ def test_resampling_matches_scipy(oblique: bool, fortran: bool, padding: str) ->
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("fortran", [False, True])
+def test_upsampling_in_one_slab_matches_scipy(fortran: bool) -> None:
+    """More destination rows than source rows along the slab axis (5 mm slices onto a 3 mm grid)."""
+    from scipy import ndimage
+
+    from organseg.infer.preprocess import sample_slabs
+
+    src = np.random.default_rng(1).normal(size=(9, 8, 6)).astype(np.float32)
+    src = np.asfortranarray(src) if fortran else src
+    matrix = np.diag([0.4, 0.5, 0.6, 1.0])  # every axis upsampled: 2.5x, 2x, 1.67x
+    hi = np.array([21, 15, 9])
+    out = np.zeros(tuple(hi), np.float32)
+
+    def put(region, values):
+        out[region] = values[0].numpy()
+
+    sample_slabs(src, matrix, np.zeros(3, int), hi, put, slab_voxels=10**6)  # one slab holds it all
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in hi], indexing="ij"), 0).reshape(3, -1)
+    coords = np.clip(matrix[:3, :3] @ idx, 0, np.array(src.shape)[:, None] - 1)
+    expected = ndimage.map_coordinates(src, coords, order=1).reshape(out.shape)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------- TTA
 
 

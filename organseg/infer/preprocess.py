@@ -258,7 +258,12 @@ def _rows(
     """
     if isinstance(source, np.ndarray):
         moved = np.moveaxis(source, axis, 0)
-        out = np.empty_like(moved[: len(index)], dtype=np.float32, order="K")
+        # laid out like the source, with len(index) rows along ``axis`` (more than the source has when
+        # upsampling, e.g. 5 mm slices onto a 3 mm grid)
+        shape = list(source.shape)
+        shape[axis] = len(index)
+        order = "F" if source.flags.f_contiguous and not source.flags.c_contiguous else "C"
+        out = np.moveaxis(np.empty(shape, dtype=np.float32, order=order), axis, 0)
         for j, i in enumerate(index):
             out[j] = moved[i]
         rows = torch.from_numpy(out)
