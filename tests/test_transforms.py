@@ -22,6 +22,7 @@ def small_config(**preprocess):
     d = config_to_dict(load_config("demo"))
     d["preprocess"].update(spacing_mm=[3.0, 3.0, 3.0], margin_mm=3.0, **preprocess)
     d["train"].update(patch_size=[16, 16, 16], samples_per_volume=3, pos_neg_ratio=1.0)
+    d["train"]["augment"]["flip_prob"] = 0.5  # mirrors on (the demo config has none)
     return config_from_dict(d, "small")
 
 
