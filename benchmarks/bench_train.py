@@ -141,6 +141,12 @@ def _write_cases(root: Path, n: int) -> None:
     (root / "dataset.json").write_text(json.dumps({"name": "bench", "training": training}))
 
 
+def _patches_per_case() -> int:
+    from organseg.config import load_config
+
+    return load_config("demo").train.samples_per_volume
+
+
 def bench_pipeline(n_cases: int, passes: int) -> list[dict]:
     """Patch samples/s with the preprocessing cached in memory versus redone at every access."""
     from organseg.config import load_config, replace_path
@@ -251,11 +257,11 @@ def main() -> None:
             f"\n## bench_train - {datetime.now():%Y-%m-%d %H:%M}\n\n"
             f"Command: `{command.strip()}`  \n"
             f"Machine: `{_uname()}`, nproc {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), "
-            f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (shared cores)  \n"
+            f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after  \n"
             "Training: default VNet (16-32-64-128, 4.3 M parameters), weighted Dice+Focal, AdamW, one warm-up "
             f"step then {args.steps} timed steps on random data. Pipeline: {args.cases} phantom CTs "
             "256x256x96 at 0.8x0.8x2.5 mm resampled to 3 mm, demo config, "
-            f"{args.passes} passes of {2} patches per case.\n\n{table}\n"
+            f"{args.passes} passes of {_patches_per_case()} patch(es) per case.\n\n{table}\n"
         )
         path = REPO / "BENCHMARKS.md"
         if not path.exists():
