@@ -164,6 +164,7 @@ class SyntheticConfig:
     seed: int = 1000
     pool_size: int = 16
     refresh_per_epoch: int = 4
+    perirenal_fat: bool = False  # phantom kidneys wrapped in fat (``phantom.generate_case(perirenal_fat=...)``)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,12 @@ class Anatomy:
         return float(ranges[:, 0].min()), float(min(ranges[:, 1].max(), self.thorax.dome.right_peak[2]))
 
 
-def sample_anatomy(rng: np.random.Generator) -> Anatomy:
-    """Draw one patient. Deterministic for a given generator state."""
+def sample_anatomy(rng: np.random.Generator, perirenal_fat: bool = False) -> Anatomy:
+    """Draw one patient. Deterministic for a given generator state.
+
+    ``perirenal_fat``: wrap each kidney in a layer of fat (``organs.paint_perirenal_fat``). Its thickness is
+    drawn either way, after everything else, so the option changes nothing but that layer.
+    """
     sk = skel_mod.sample_skeleton(rng)
     body = body_mod.sample_body(rng, sk)
     muscles = body_mod.sample_muscle_params(rng)
@@ -67,6 +71,9 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     gut = gut_mod.sample_gut(rng, sk, body, dome)
     vessels = vessels_mod.sample_vessels(rng, sk, body, thorax, liver, kidneys, spleen, pancreas, top)
     implants = _sample_implants(rng, sk, liver, gallbladder is None)
+    for kidney in kidneys.values():  # drawn last, so every draw above is what it was without them
+        growth = float(rng.uniform(*organs_mod.PERIRENAL_FAT_GROWTH))
+        kidney.extras["perirenal_fat"] = growth if perirenal_fat else 0.0
     organs = {"liver": liver, "spleen": spleen, **kidneys}
     return Anatomy(
         sk, body, muscles, thorax, organs, gallbladder, pancreas, gut, vessels, implants, top, bottom
@@ -115,6 +122,8 @@ def rasterize(anatomy: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     organs_mod.paint_kidney(canvas, a.organs["kidney_left"])
     organs_mod.paint_gallbladder(canvas, a.gallbladder)
     vessels_mod.paint_vessels(canvas, a.vessels)
+    organs_mod.paint_perirenal_fat(canvas, a.organs["kidney_right"])
+    organs_mod.paint_perirenal_fat(canvas, a.organs["kidney_left"])
     body_mod.paint_muscles(canvas, a.body, a.skeleton, a.muscles)
     thorax_mod.paint_thorax(canvas, a.thorax)
     skel_mod.paint_spine(canvas, a.skeleton)

@@ -123,8 +123,8 @@ def _choose_grid(rng, anatomy: Anatomy, spacing_mm, shape, fov, max_voxels) -> t
     return grid, {"fov": fov_name, "spacing_mm": [round(v, 4) for v in spacing], "shape": list(grid.shape)}
 
 
-def _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels) -> _Scene:
-    anatomy = sample_anatomy(anat_rng)
+def _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat=False) -> _Scene:
+    anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat)
     grid, info = _choose_grid(geom_rng, anatomy, spacing_mm, shape, fov, max_voxels)
     tissue, structure = rasterize(anatomy, grid)
     # world = patient frame + offset: patients lie near the isocentre, the table moves along z
@@ -192,11 +192,12 @@ def generate_phantom(
     labels: LabelMap = LabelMap(),
     max_voxels: int = DEFAULT_MAX_VOXELS,
     artefacts: bool = True,
+    perirenal_fat: bool = False,
 ) -> Phantom:
     """One case with everything it was made from (see ``generate_case`` for the arguments)."""
     check_options(phase, orientation, fov)
     anat_rng, geom_rng, app_rng, orient_rng = _streams(seed)
-    scene = _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels)
+    scene = _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat)
     phantom = _finish(scene, app_rng, orient_rng, orientation, phase, labels, artefacts)
     if not isinstance(seed, np.random.Generator):
         phantom.info["seed"] = int(seed)
@@ -214,6 +215,7 @@ def generate_case(
     labels: LabelMap = LabelMap(),
     max_voxels: int = DEFAULT_MAX_VOXELS,
     artefacts: bool = True,
+    perirenal_fat: bool = False,
 ) -> tuple[io.Volume, io.Volume]:
     """A synthetic abdominal CT and its organ labels: ``(image, label)``.
 
@@ -232,6 +234,8 @@ def generate_case(
         labels: label values by organ name; names the phantom does not model stay background.
         max_voxels: a field of view with more voxels loses slices at its ends (the organs are kept).
         artefacts: allow streaks, metal, rings and padding (each drawn with small probability).
+        perirenal_fat: wrap the kidneys in fat that parts them from liver and spleen, as on real CT (the
+            built-in model's training phantoms have it; off by default so that seeded cases stay as they were).
 
     Returns:
         ``image`` (int16 HU) and ``label`` (uint8) ``Volume``s on the same grid.
@@ -243,7 +247,7 @@ def generate_case(
     """
     p = generate_phantom(
         seed, spacing_mm=spacing_mm, shape=shape, fov=fov, orientation=orientation, phase=phase,
-        labels=labels, max_voxels=max_voxels, artefacts=artefacts,
+        labels=labels, max_voxels=max_voxels, artefacts=artefacts, perirenal_fat=perirenal_fat,
     )  # fmt: skip
     return p.image, p.label
 
@@ -265,6 +269,7 @@ def synthesize(
     phase: str = "random",
     labels: LabelMap = LabelMap(),
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    perirenal_fat: bool = False,
 ) -> list[Path]:
     """Write ``n`` phantoms as a Medical Segmentation Decathlon dataset; return the image paths.
 
@@ -292,7 +297,7 @@ def synthesize(
         orientation = "RAS" if i % 2 == 0 else "LPS"
         p = generate_phantom(
             case_rng(seed, i), spacing_mm=spacing_mm, fov=fov, orientation=orientation, phase=phase,
-            labels=labels, max_voxels=max_voxels,
+            labels=labels, max_voxels=max_voxels, perirenal_fat=perirenal_fat,
         )  # fmt: skip
         header = nib.Nifti1Header()
         header.set_xyzt_units("mm")

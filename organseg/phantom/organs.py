@@ -3,7 +3,8 @@
 Each organ is a template implicit shape (``f < 1`` inside) in a local frame, not a plain ellipsoid:
 the liver is a wedge (large right lobe, thin anterior edge) smoothly joined to a tapering left lobe
 that crosses the midline; the spleen is a bent ellipsoid (crescent, concave towards its hilum); a
-kidney is a bean with a hilar notch, cortex, medullary pyramids, sinus fat and a renal pelvis. Each
+kidney is a bean with a hilar notch, cortex, medullary pyramids, sinus fat and a renal pelvis, in a
+layer of perirenal fat (its own template grown by 15-40 %). Each
 case draws template parameters, a volume (ml), an orientation and a smooth random warp; the scale
 that gives the drawn volume is solved on a coarse grid before rasterization.
 
@@ -30,7 +31,7 @@ from organseg.phantom.fields import (
     smooth_min,
     upsample,
 )
-from organseg.phantom.tissues import Tissue
+from organseg.phantom.tissues import Tissue, sid
 
 #: Drawn liver volumes are inflated by this factor: the dome, ribs, kidney and vessels take some back.
 LIVER_LOSS = 1.25
@@ -393,6 +394,37 @@ def paint_kidney(canvas: Canvas, kidney: Organ) -> None:
         cyst = ellipsoid(u - c[0], v - c[1], w - c[2], r, r, r) < 1
         canvas.paint(box, cyst, name, Tissue.KIDNEY_CYST)
         canvas.retint(box, cyst, name, Tissue.KIDNEY_CYST)
+
+
+#: Perirenal fat: the kidney's template grown by this fraction (about 4-10 mm beside it, more at the poles).
+PERIRENAL_FAT_GROWTH = (0.15, 0.4)
+_THROUGH_PERIRENAL_FAT = ("artery", "renal_vein", "ureter", "portal_vein_and_splenic_vein")
+
+
+def paint_perirenal_fat(canvas: Canvas, kidney: Organ) -> None:
+    """Fat around the kidney (Gerota's space), painted after the vessels, which keep their course through it.
+
+    Real kidneys lie in fat that separates them from liver, spleen and bowel (on a non-contrast CT that fat
+    is what tells a kidney of ~30 HU from a liver of ~55 HU); the liver's renal impression becomes fat.
+    """
+    grow = float(kidney.extras.get("perirenal_fat", 0.0))
+    if grow <= 0:
+        return
+    outer = Organ(
+        kidney.kind, "perirenal_fat", kidney.center, kidney.axes, kidney.scale * (1 + grow), kidney.shape,
+        kidney.warp,
+    )  # fmt: skip
+    box = canvas.grid.box(*outer.bounds_mm())
+    if box is None:
+        return
+    coarse = coarse_box(box)
+    u, v, w = local_coords(coarse or box, outer.center, outer.axes, outer.warp)
+    s = np.float32(outer.scale)
+    f = TEMPLATES[outer.kind](u / s, v / s, w / s, outer.shape)
+    if coarse is not None:
+        f = upsample(f, coarse, box)
+    vessels = np.isin(canvas.structure[box.slices], [sid(n) for n in _THROUGH_PERIRENAL_FAT])
+    canvas.paint(box, (f < 1) & ~vessels, "perirenal_fat", Tissue.VISCERAL_FAT)
 
 
 def paint_gallbladder(canvas: Canvas, gb: Organ | None) -> None:

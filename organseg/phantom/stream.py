@@ -28,7 +28,7 @@ class PhantomStream(torch.utils.data.IterableDataset):
         seed: base seed; ``rank``: this process's distributed rank (0 when not distributed).
         length: anatomies per pass over the stream (``None``: endless); items = length x appearances.
         appearances_per_anatomy: appearance re-draws of each anatomy.
-        fov, orientation, phase, labels, artefacts: as in ``generate_case``.
+        fov, orientation, phase, labels, artefacts, perirenal_fat: as in ``generate_case``.
 
     Example:
         >>> stream = PhantomStream(spacing_mm=3.0, shape=(96, 96, 96), seed=1, length=8)
@@ -49,6 +49,7 @@ class PhantomStream(torch.utils.data.IterableDataset):
         phase: str = "random",
         labels: LabelMap = LabelMap(),
         artefacts: bool = True,
+        perirenal_fat: bool = False,
     ):
         super().__init__()
         check_options(phase, orientation, fov)
@@ -58,6 +59,7 @@ class PhantomStream(torch.utils.data.IterableDataset):
         self.shape = None if shape is None else tuple(int(s) for s in shape)
         self.seed, self.rank, self.length = int(seed), int(rank), length
         self.appearances = int(appearances_per_anatomy)
+        self.perirenal_fat = bool(perirenal_fat)
         self.fov, self.orientation, self.phase, self.labels, self.artefacts = (
             fov,
             orientation,
@@ -77,7 +79,9 @@ class PhantomStream(torch.utils.data.IterableDataset):
     def anatomy_items(self, a: int) -> Iterator[dict]:
         """The ``appearances_per_anatomy`` items of anatomy ``a`` (deterministic)."""
         anat_rng, geom_rng = np.random.default_rng([self.seed, self.rank, a, 0]).spawn(2)
-        scene = _build_scene(anat_rng, geom_rng, self.spacing_mm, self.shape, self.fov, max_voxels=10**9)
+        scene = _build_scene(
+            anat_rng, geom_rng, self.spacing_mm, self.shape, self.fov, 10**9, self.perirenal_fat
+        )
         for j in range(self.appearances):
             app_rng, orient_rng = np.random.default_rng([self.seed, self.rank, a, j + 1]).spawn(2)
             p = _finish(scene, app_rng, orient_rng, self.orientation, self.phase, self.labels, self.artefacts)

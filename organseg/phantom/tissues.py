@@ -106,6 +106,9 @@ _STRUCTURES: list[tuple[str, int]] = [
     ("hip_right", 97),
     ("hip_left", 97),
     ("implant", 99),
+    # appended (ids of the structures above stay): the fat of Gerota's space around each kidney; it ranks
+    # with the liver, so it separates kidney from liver, spleen and bowel, and yields to vessels and muscle
+    ("perirenal_fat", 45),
 ]
 VERTEBRAE: tuple[str, ...] = tuple(f"T{i}" for i in range(6, 13)) + tuple(f"L{i}" for i in range(1, 6))
 RIB_NUMBERS: tuple[int, ...] = (6, 7, 8, 9, 10, 11, 12)

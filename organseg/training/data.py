@@ -257,7 +257,11 @@ def generate_phantom(seed: int, cfg: Config) -> dict:
     from organseg import phantom
 
     accepted = inspect.signature(phantom.generate_case).parameters
-    options = {"spacing_mm": tuple(cfg.preprocess.spacing_mm), "labels": cfg.labels}
+    options = {
+        "spacing_mm": tuple(cfg.preprocess.spacing_mm),
+        "labels": cfg.labels,
+        "perirenal_fat": cfg.train.synthetic.perirenal_fat,
+    }
     image, label = phantom.generate_case(seed, **{k: v for k, v in options.items() if k in accepted})
     return {"image": image, "label": label, "name": f"phantom_{seed}"}
 
