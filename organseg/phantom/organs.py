@@ -3,8 +3,8 @@
 Each organ is a template implicit shape (``f < 1`` inside) in a local frame, not a plain ellipsoid:
 the liver is a wedge (large right lobe, thin anterior edge) smoothly joined to a tapering left lobe
 that crosses the midline; the spleen is a bent ellipsoid (crescent, concave towards its hilum); a
-kidney is a bean with a hilar notch, cortex, medullary pyramids, sinus fat and a renal pelvis, in a
-layer of perirenal fat (its own template grown by 15-40 %). Each
+kidney is a bean with a hilar notch, cortex, medullary pyramids, sinus fat and a renal pelvis, optionally
+in a layer of perirenal fat (its own template grown by 15-40 %). Each
 case draws template parameters, a volume (ml), an orientation and a smooth random warp; the scale
 that gives the drawn volume is solved on a coarse grid before rasterization.
 
