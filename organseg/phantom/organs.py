@@ -321,8 +321,11 @@ def _frame(w: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------- painting
 
 
-def paint_organ(canvas: Canvas, organ: Organ, tissue: int, detail: bool = False):
-    """Paint the organ's structure; with ``detail`` return (box, local template coords), else None."""
+def paint_organ(canvas: Canvas, organ: Organ, tissue: int, detail: bool = False, spare: tuple[str, ...] = ()):
+    """Paint the organ's structure; with ``detail`` return (box, local template coords), else None.
+
+    ``spare``: structures whose voxels the organ leaves alone even where it outranks them.
+    """
     box = canvas.grid.box(*organ.bounds_mm())
     if box is None:
         return None
@@ -335,7 +338,10 @@ def paint_organ(canvas: Canvas, organ: Organ, tissue: int, detail: bool = False)
         f = upsample(f, coarse, box)
         if detail:
             u, v, w = (upsample(np.broadcast_to(a, coarse.shape), coarse, box) for a in (u, v, w))
-    canvas.paint(box, f < 1, organ.structure, tissue)
+    inside = f < 1
+    if spare:
+        inside = inside & ~np.isin(canvas.structure[box.slices], [sid(n) for n in spare])
+    canvas.paint(box, inside, organ.structure, tissue)
     return (box, (u, v, w)) if detail else None
 
 
@@ -414,17 +420,7 @@ def paint_perirenal_fat(canvas: Canvas, kidney: Organ) -> None:
         kidney.kind, "perirenal_fat", kidney.center, kidney.axes, kidney.scale * (1 + grow), kidney.shape,
         kidney.warp,
     )  # fmt: skip
-    box = canvas.grid.box(*outer.bounds_mm())
-    if box is None:
-        return
-    coarse = coarse_box(box)
-    u, v, w = local_coords(coarse or box, outer.center, outer.axes, outer.warp)
-    s = np.float32(outer.scale)
-    f = TEMPLATES[outer.kind](u / s, v / s, w / s, outer.shape)
-    if coarse is not None:
-        f = upsample(f, coarse, box)
-    vessels = np.isin(canvas.structure[box.slices], [sid(n) for n in _THROUGH_PERIRENAL_FAT])
-    canvas.paint(box, (f < 1) & ~vessels, "perirenal_fat", Tissue.VISCERAL_FAT)
+    paint_organ(canvas, outer, Tissue.VISCERAL_FAT, spare=_THROUGH_PERIRENAL_FAT)
 
 
 def paint_gallbladder(canvas: Canvas, gb: Organ | None) -> None:

@@ -80,8 +80,9 @@ class PhantomStream(torch.utils.data.IterableDataset):
         """The ``appearances_per_anatomy`` items of anatomy ``a`` (deterministic)."""
         anat_rng, geom_rng = np.random.default_rng([self.seed, self.rank, a, 0]).spawn(2)
         scene = _build_scene(
-            anat_rng, geom_rng, self.spacing_mm, self.shape, self.fov, 10**9, self.perirenal_fat
-        )
+            anat_rng, geom_rng, self.spacing_mm, self.shape, self.fov,
+            max_voxels=10**9, perirenal_fat=self.perirenal_fat,
+        )  # fmt: skip
         for j in range(self.appearances):
             app_rng, orient_rng = np.random.default_rng([self.seed, self.rank, a, j + 1]).spawn(2)
             p = _finish(scene, app_rng, orient_rng, self.orientation, self.phase, self.labels, self.artefacts)
