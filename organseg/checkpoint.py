@@ -90,15 +90,21 @@ def config_of(ckpt: dict, source: str) -> Config:
         raise ModelError(str(err)) from None
 
 
+def state_dict_problem(err: BaseException) -> str:
+    """The first useful line of a ``load_state_dict`` error (the line after its generic header)."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Error(s) in loading state_dict")]
+    return (useful or lines or [type(err).__name__])[0][:200]
+
+
 def model_from_state(state_dict: dict, cfg: Config, source: str) -> VNet:
     """A VNet built from ``cfg`` with ``state_dict`` loaded strictly; ``ModelError`` when they disagree."""
     model = build_model(cfg)
     try:
         model.load_state_dict(state_dict, strict=True)
     except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0][:200]
         raise ModelError(
-            f"{source}: weights do not fit the model described by its config ({first})"
+            f"{source}: weights do not fit the model described by its config ({state_dict_problem(err)})"
         ) from None
     model.eval()
     return model
@@ -109,8 +115,14 @@ def model_from_checkpoint(ckpt: dict, source: str = "<checkpoint>") -> tuple[VNe
     return model_from_state(ckpt["model"], cfg, source), cfg
 
 
-def save_safetensors_model(path: str | Path, model: VNet, cfg: Config, extra: dict | None = None) -> None:
-    """Write weights + config as safetensors (no pickle), atomically."""
+def save_safetensors_model(
+    path: str | Path, model: VNet, cfg: Config, extra: dict | None = None, half: bool = False
+) -> None:
+    """Write weights + config as safetensors (no pickle), atomically.
+
+    ``half`` stores floating-point tensors as float16 (half the file); loading copies them back into
+    the float32 model.
+    """
     from safetensors.torch import save_file
 
     meta = {
@@ -118,7 +130,10 @@ def save_safetensors_model(path: str | Path, model: VNet, cfg: Config, extra: di
         "config": json.dumps(config_to_dict(cfg)),
         "extra": json.dumps(extra or {}),
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -148,15 +163,18 @@ def load_safetensors_model(path: str | Path) -> tuple[VNet, Config, dict]:
     return model_from_state(tensors, cfg, str(path)), cfg, extra
 
 
-def export_safetensors(checkpoint: str | Path, output: str | Path, extra: dict | None = None) -> Path:
+def export_safetensors(
+    checkpoint: str | Path, output: str | Path, extra: dict | None = None, half: bool = False
+) -> Path:
     """Convert a training checkpoint into a pickle-free ``.safetensors`` model (weights + config only).
 
-    ``extra`` (JSON-able) is stored in the metadata, e.g. the epoch and validation Dice of the source.
+    ``extra`` (JSON-able) is stored in the metadata, e.g. the epoch and validation Dice of the source;
+    ``half`` stores float16 weights.
     """
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt, str(checkpoint))
     info = {"source_epoch": ckpt.get("epoch"), "best_metric": _plain(ckpt.get("best_metric"))}
-    save_safetensors_model(output, model, cfg, {**info, **(extra or {})})
+    save_safetensors_model(output, model, cfg, {**info, **(extra or {})}, half=half)
     return Path(output)
 
 

@@ -334,8 +334,11 @@ def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | N
     type=click.Path(path_type=Path),
     help="The .safetensors file to write.",
 )
+@click.option(
+    "--half", is_flag=True, help="Store the weights as float16 (half the size; loaded back as float32)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def export(checkpoint: Path, fold: int | None, output_path: Path, overwrite: bool) -> None:
+def export(checkpoint: Path, fold: int | None, output_path: Path, half: bool, overwrite: bool) -> None:
     """Export a trained model as pickle-free safetensors (weights + config), for sharing or shipping."""
     from organseg.checkpoint import export_safetensors
     from organseg.infer.models import resolve_model_files
@@ -345,7 +348,7 @@ def export(checkpoint: Path, fold: int | None, output_path: Path, overwrite: boo
         raise ConfigError(f"{output_path}: the output must end in .safetensors")
     check_writable(output_path, overwrite=overwrite)
     files = resolve_model_files(checkpoint, None if fold is None else [fold])
-    out = export_safetensors(files[0], output_path)
+    out = export_safetensors(files[0], output_path, half=half)
     click.echo(f"wrote {out} (from {files[0]})")
 
 

@@ -165,6 +165,8 @@ class SyntheticConfig:
     pool_size: int = 16
     refresh_per_epoch: int = 4
     perirenal_fat: bool = False  # phantom kidneys wrapped in fat (``phantom.generate_case(perirenal_fat=...)``)
+    workers: int = 0  # processes that generate phantoms ahead of the epoch that needs them (0: in-process)
+    wild_fraction: float = 0.0  # share of phantoms with every tissue's HU drawn independently (phase "wild")
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ class TrainConfig:
     cache: Literal["memory", "disk", "none"] = "memory"
     num_workers: int = 0
     amp: bool = True
+    init_weights: str = ""  # a model (.safetensors, or a run/checkpoint) whose weights start training
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -367,6 +370,13 @@ def _check_values(obj: Any, source: str, prefix: str) -> None:
                 raise bad(name, f"must be >= 1, got {getattr(obj, name)}")
         if obj.lr <= 0:
             raise bad("lr", f"must be > 0, got {obj.lr}")
+        if obj.num_workers < 0:
+            raise bad("num_workers", f"must be >= 0, got {obj.num_workers}")
+    elif isinstance(obj, SyntheticConfig):
+        if obj.workers < 0:
+            raise bad("workers", f"must be >= 0, got {obj.workers}")
+        if not 0 <= obj.wild_fraction <= 1:
+            raise bad("wild_fraction", f"must be in [0, 1], got {obj.wild_fraction}")
     elif isinstance(obj, InferConfig):
         if not 0 <= obj.overlap < 1:
             raise bad("overlap", f"must be in [0, 1), got {obj.overlap}")

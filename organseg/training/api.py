@@ -21,7 +21,14 @@ from organseg.errors import ConfigError, InputError, ModelError, OrgansegError
 from organseg.runtime import cpu_threads, resolve_device
 from organseg.training import data as D
 from organseg.training.control import InterruptFlag, TrainingInterrupted
-from organseg.training.loop import BEST, LAST, FoldTrainer, LoaderFactory, load_resume_checkpoint
+from organseg.training.loop import (
+    BEST,
+    LAST,
+    FoldTrainer,
+    LoaderFactory,
+    init_weights,
+    load_resume_checkpoint,
+)
 from organseg.training.runfolder import RunWriter, check_run_dir, fold_dir, write_cv_summary
 
 
@@ -105,6 +112,8 @@ def train(
         for fold in chosen:
             if (fold_dir(run_dir, fold) / LAST).exists():
                 load_resume_checkpoint(fold_dir(run_dir, fold) / LAST, cfg, fold)
+    if cfg.train.init_weights and not resume:  # refuse unfit starting weights before writing anything
+        init_weights(cfg, cfg.train.init_weights)
     cases, names, counts = [], [], {}
     if not synthetic:
         data_dir = data_dir or run_info.get("data_dir") or cfg.data.root or None
@@ -143,6 +152,10 @@ def train(
     previous_threads = torch.get_num_threads()
     if dev.type == "cpu":
         torch.set_num_threads(num_threads or cpu_threads())
+    elif num_threads or cfg.train.num_workers > 0:
+        # on a GPU the loader workers do the CPU work; a main process with one OpenMP thread per core
+        # competes with them for the cores (measured: 225 vs 107 patches/s with 8 workers, BENCHMARKS.md)
+        torch.set_num_threads(num_threads or 1)
     interrupt = interrupt or InterruptFlag()
     factory = loader_factory or D.default_loader_factory
     results: dict[int, dict[str, float]] = {}
@@ -172,7 +185,10 @@ def train(
                     is_main=is_main,
                     version=_version(),
                 )
-                results[fold] = trainer.run()
+                try:
+                    results[fold] = trainer.run()
+                finally:
+                    fold_data.close()
     except RuntimeError as err:
         cause = _user_error_inside(err)
         if cause is None:

@@ -48,6 +48,7 @@ class FoldData:
         label_counts: voxels per label id over the training cases (for ``class_weights: auto``).
         on_epoch: called with the 1-based epoch number before it starts (refreshes the phantom pool).
         summary: plain-data description for logs and ``dry_run``.
+        close: releases what the data holds (the phantom pool's worker processes).
     """
 
     source: Sequence[dict]
@@ -56,6 +57,7 @@ class FoldData:
     label_counts: np.ndarray
     on_epoch: Callable[[int], None] = lambda epoch: None
     summary: dict = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
 
 
 class CaseReader:
@@ -251,34 +253,58 @@ def real_fold_data(
 
 
 def generate_phantom(seed: int, cfg: Config) -> dict:
-    """One phantom as ``{"image": Volume, "label": Volume}`` at the target spacing, with our label ids."""
+    """One phantom as ``{"image": Volume, "label": Volume}`` at the target spacing, with our label ids.
+
+    A share ``train.synthetic.wild_fraction`` of the seeds (chosen from the seed alone) gets the
+    ``wild`` phase, every tissue's HU drawn on its own (domain randomization); the others a real phase.
+    """
     import inspect
 
     from organseg import phantom
 
+    syn = cfg.train.synthetic
+    wild = syn.wild_fraction > 0 and np.random.default_rng([int(seed), 17]).random() < syn.wild_fraction
     accepted = inspect.signature(phantom.generate_case).parameters
     options = {
         "spacing_mm": tuple(cfg.preprocess.spacing_mm),
         "labels": cfg.labels,
-        "perirenal_fat": cfg.train.synthetic.perirenal_fat,
+        "perirenal_fat": syn.perirenal_fat,
+        "phase": "wild" if wild else "random",
     }
     image, label = phantom.generate_case(seed, **{k: v for k, v in options.items() if k in accepted})
     return {"image": image, "label": label, "name": f"phantom_{seed}"}
+
+
+def _single_threaded() -> None:
+    """Initializer of phantom worker processes: one thread each, so that they share the cores fairly."""
+    torch.set_num_threads(1)
+
+
+def _make_sample(seed: int, cfg: Config, generate: Callable[[int, Config], dict]) -> dict:
+    """One preprocessed phantom (``val_transforms``: RAS, spacing, body crop, normalised) named by seed."""
+    raw = generate(seed, cfg)
+    sample = T.val_transforms(cfg)({k: v for k, v in raw.items() if k != "name"})
+    sample["name"] = f"phantom_{seed}"
+    return sample
 
 
 class PhantomPool(Sequence):
     """``pool_size`` preprocessed phantoms in memory; ``refresh(epoch)`` replaces ``refresh_per_epoch``.
 
     Which phantom sits in which slot is a pure function of the epoch (``seeds_at``), so a resumed run
-    rebuilds exactly the pool the interrupted run had.
+    rebuilds exactly the pool the interrupted run had. With ``train.synthetic.workers > 0`` the
+    phantoms are made in that many worker processes (spawned: safe after CUDA is initialised), and
+    the ones the next epoch needs are started while the current epoch trains; the result is the same
+    as in-process generation, since each phantom depends only on its seed.
     """
 
     def __init__(self, cfg: Config, generate: Callable[[int, Config], dict] = generate_phantom):
         self.cfg = cfg
         self.syn = cfg.train.synthetic
         self.generate = generate
-        self.pipeline = T.val_transforms(cfg)
         self.slots: dict[int, tuple[int, dict]] = {}
+        self._executor = None
+        self._pending: dict[int, object] = {}  # seed -> Future
 
     def seeds_at(self, epoch: int) -> list[int]:
         """Phantom seed in each slot during the 1-based ``epoch`` (refreshes happen from epoch 2 on)."""
@@ -294,18 +320,49 @@ class PhantomPool(Sequence):
         return seeds
 
     def refresh(self, epoch: int) -> None:
-        for slot, seed in enumerate(self.seeds_at(epoch)):
+        wanted = self.seeds_at(epoch)
+        held = {seed for seed, _ in self.slots.values()}
+        self._start([s for s in wanted if s not in held])
+        for slot, seed in enumerate(wanted):
             if slot not in self.slots or self.slots[slot][0] != seed:
-                self.slots[slot] = (seed, self.make(seed))
+                self.slots[slot] = (seed, self._take(seed))
+        held = {seed for seed, _ in self.slots.values()}
+        self._start([s for s in self.seeds_at(epoch + 1) if s not in held])  # prefetch
+
+    def make_many(self, seeds: Sequence[int]) -> list[dict]:
+        """Preprocessed phantoms for ``seeds``, in order (in parallel when there are workers)."""
+        self._start(list(seeds))
+        return [self._take(s) for s in seeds]
 
     def make(self, seed: int) -> dict:
-        sample = self.pipeline(self._without_name(self.generate(seed, self.cfg)))
-        sample["name"] = f"phantom_{seed}"
-        return sample
+        return _make_sample(seed, self.cfg, self.generate)
 
-    @staticmethod
-    def _without_name(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k != "name"}
+    def _start(self, seeds: list[int]) -> None:
+        if self.syn.workers < 1:
+            return
+        if self._executor is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._executor = ProcessPoolExecutor(
+                self.syn.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_single_threaded,
+            )
+        for s in seeds:
+            if s not in self._pending:
+                self._pending[s] = self._executor.submit(_make_sample, s, self.cfg, self.generate)
+
+    def _take(self, seed: int) -> dict:
+        future = self._pending.pop(seed, None)
+        return future.result() if future is not None else self.make(seed)
+
+    def close(self) -> None:
+        """Stop the worker processes (pending phantoms are dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._pending.clear()
 
     def __len__(self) -> int:
         return self.syn.pool_size
@@ -321,7 +378,7 @@ def synthetic_fold_data(cfg: Config, generate: Callable[[int, Config], dict] = g
         raise ConfigError("train.synthetic: pool_size and cases_per_epoch must be >= 1")
     pool = PhantomPool(cfg, generate)  # filled by on_epoch, for the epoch training starts at
     val_seeds = [syn.seed + 1_000_000 + i for i in range(syn.val_cases)]
-    val_cache = [pool.make(s) for s in val_seeds]
+    val_cache = pool.make_many(val_seeds)
 
     def val_samples() -> Iterator[dict]:
         yield from val_cache
@@ -342,12 +399,14 @@ def synthetic_fold_data(cfg: Config, generate: Callable[[int, Config], dict] = g
         val_samples=val_samples,
         label_counts=counts,
         on_epoch=pool.refresh,
+        close=pool.close,
         summary={
             "source": "synthetic",
             "pool_size": syn.pool_size,
             "refresh_per_epoch": syn.refresh_per_epoch,
             "cases_per_epoch": syn.cases_per_epoch,
             "val_cases": syn.val_cases,
+            "workers": syn.workers,
         },
     )
 

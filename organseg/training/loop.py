@@ -26,7 +26,7 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from tqdm import tqdm
 
-from organseg.checkpoint import build_model, load_checkpoint
+from organseg.checkpoint import build_model, load_checkpoint, state_dict_problem
 from organseg.config import Config, config_to_dict
 from organseg.errors import ModelError
 from organseg.losses import build_loss
@@ -111,6 +111,30 @@ def load_resume_checkpoint(path: Path, cfg: Config, fold: int) -> dict:
     return ckpt
 
 
+def init_weights(cfg: Config, source: str) -> tuple[Path, dict]:
+    """The weights ``train.init_weights`` names (a file, a run, or ``builtin``), checked against ``cfg``.
+
+    Returns (file, state dict for ``build_model(cfg)``). Raises ``ModelError`` naming the file when
+    it is missing or unsafe, or when its labels or architecture differ from the config's.
+    """
+    from organseg.infer.models import default_model, load_model_file, resolve_model_files
+
+    path = resolve_model_files(default_model() if source == "builtin" else source, None)[0]
+    net, other = load_model_file(path)
+    if list(other.labels.names) != list(cfg.labels.names):
+        raise ModelError(
+            f"{path}: train.init_weights: model labels {list(other.labels.names)} differ from the "
+            f"config's {list(cfg.labels.names)}"
+        )
+    try:
+        build_model(cfg).load_state_dict(net.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ModelError(
+            f"{path}: train.init_weights: weights do not fit this config's model ({state_dict_problem(err)})"
+        ) from None
+    return path, net.state_dict()
+
+
 # --------------------------------------------------------------------------------------- one fold
 
 
@@ -169,6 +193,8 @@ class FoldTrainer:
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(seed_for(cfg.train.seed, self.fold))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick its fastest kernels
         self.model = build_model(cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -198,7 +224,7 @@ class FoldTrainer:
             if "scaler" in ckpt:
                 self.scaler.load_state_dict(ckpt["scaler"])
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            first = state_dict_problem(err)
             raise ModelError(
                 f"{path}: checkpoint does not fit this run's model/optimiser ({first})"
             ) from None
@@ -206,6 +232,11 @@ class FoldTrainer:
             if key in ckpt:
                 self.state[key] = ckpt[key]
         self.resume_rng = ckpt.get("rng")
+
+    def _init_weights(self, source: str) -> Path:
+        path, state = init_weights(self.cfg, source)
+        self.model.load_state_dict(state, strict=True)
+        return path
 
     def _checkpoint(self) -> dict:
         return {
@@ -234,6 +265,8 @@ class FoldTrainer:
         if self.resume and last_path.exists():
             self._load(last_path)
             self.log(f"resumed from {last_path} at epoch {self.state['epoch']} step {self.state['step']}")
+        elif cfg.train.init_weights:
+            self.log(f"weights initialised from {self._init_weights(cfg.train.init_weights)}")
         rows = [
             r
             for r in read_metrics(fold_dir(self.writer.run_dir, self.fold) / "metrics.csv")
