@@ -1,4 +1,4 @@
-"""Training features for bigger machines: parallel phantom pool, starting weights, half exports, wild phase."""
+"""Training for bigger machines: parallel phantom pool, starting weights, half exports, wild phase."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def tiny_config(**synthetic):
     d = config_to_dict(load_config("demo"))
     d["preprocess"].update(spacing_mm=[4.0, 4.0, 4.0], margin_mm=4.0)
     d["model"].update(filters=[4, 8], bottleneck=8)
-    d["train"].update(patch_size=[16, 16, 16], batch_size=2, samples_per_volume=1, epochs=1, steps_per_epoch=2)
+    d["train"].update(
+        patch_size=[16, 16, 16], batch_size=2, samples_per_volume=1, epochs=1, steps_per_epoch=2
+    )
     d["train"]["synthetic"].update(
         enabled=True, pool_size=3, refresh_per_epoch=2, cases_per_epoch=2, val_cases=1, seed=40
     )
@@ -105,7 +107,8 @@ def test_half_export_is_half_the_size_and_loads_as_float32(tmp_path):
     cfg = config_from_dict(d, "wider")
     net = write_model(tmp_path / "full.safetensors", cfg, seed=1)
     write_model(tmp_path / "half.safetensors", cfg, seed=1, half=True)
-    full, half = (tmp_path / "full.safetensors").stat().st_size, (tmp_path / "half.safetensors").stat().st_size
+    full = (tmp_path / "full.safetensors").stat().st_size
+    half = (tmp_path / "half.safetensors").stat().st_size
     assert 0.45 < half / full < 0.6
     loaded, _, _ = load_safetensors_model(tmp_path / "half.safetensors")
     for k, v in loaded.state_dict().items():

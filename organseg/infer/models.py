@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 BEST, LAST = "checkpoint_best.pt", "checkpoint_last.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-#: The built-in model: the card VNet (16-128 filters, float16 weights) trained only on synthetic abdomens (see organseg/models/README.md).
+#: The built-in model: the card VNet (16-128 filters, float16 weights) trained only on synthetic
+#: abdomens (see organseg/models/README.md).
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "models" / "abdomen_synth.safetensors"
 HOW_TO_GET_A_MODEL = (
     "train one with `organseg train --config abdomen --data <dataset> --run runs/<name>` "
