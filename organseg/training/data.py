@@ -280,10 +280,15 @@ def _single_threaded() -> None:
     torch.set_num_threads(1)
 
 
-def _make_sample(seed: int, cfg: Config, generate: Callable[[int, Config], dict]) -> dict:
-    """One preprocessed phantom (``val_transforms``: RAS, spacing, body crop, normalised) named by seed."""
+def _make_sample(
+    seed: int, cfg: Config, generate: Callable[[int, Config], dict], pipeline: Compose | None = None
+) -> dict:
+    """One preprocessed phantom (``val_transforms``: RAS, spacing, body crop, normalised) named by seed.
+
+    ``pipeline``: ``val_transforms(cfg)`` when the caller holds one (worker processes build their own).
+    """
     raw = generate(seed, cfg)
-    sample = T.val_transforms(cfg)({k: v for k, v in raw.items() if k != "name"})
+    sample = (pipeline or T.val_transforms(cfg))({k: v for k, v in raw.items() if k != "name"})
     sample["name"] = f"phantom_{seed}"
     return sample
 
@@ -302,6 +307,7 @@ class PhantomPool(Sequence):
         self.cfg = cfg
         self.syn = cfg.train.synthetic
         self.generate = generate
+        self.pipeline = T.val_transforms(cfg)
         self.slots: dict[int, tuple[int, dict]] = {}
         self._executor = None
         self._pending: dict[int, object] = {}  # seed -> Future
@@ -335,7 +341,7 @@ class PhantomPool(Sequence):
         return [self._take(s) for s in seeds]
 
     def make(self, seed: int) -> dict:
-        return _make_sample(seed, self.cfg, self.generate)
+        return _make_sample(seed, self.cfg, self.generate, self.pipeline)
 
     def _start(self, seeds: list[int]) -> None:
         if self.syn.workers < 1:
