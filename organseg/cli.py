@@ -157,6 +157,13 @@ def train(
 @click.option(
     "--preview", type=click.Path(path_type=Path), default=None, help="PNG preview of the organs in 3D."
 )
+@click.option(
+    "--output-type",
+    "output_types",
+    multiple=True,
+    type=click.Choice(["nifti", "dicom-seg"]),
+    help="nifti (default) and/or dicom-seg (repeat for both; dicom-seg needs a DICOM input and a .dcm --output).",
+)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def infer(
@@ -174,6 +181,7 @@ def infer(
     stats: Path | None,
     rle: Path | None,
     preview: Path | None,
+    output_types: tuple[str, ...],
     device: str | None,
     overwrite: bool,
 ) -> None:
@@ -203,6 +211,7 @@ def infer(
         series_uid=series_uid,
         device=device,
         overwrite=overwrite,
+        output_type=list(output_types) or "nifti",
     )
     summary = getattr(result, "summary", None)
     click.echo(summary() if callable(summary) else f"wrote {output_path}")

@@ -287,6 +287,7 @@ def segment(
     progress: bool = True,
     expected_labels: LabelMap | None = None,
     threads: int | None = None,
+    output_type: str | Sequence[str] = "nifti",
 ) -> SegmentResult:
     """Segment one CT (file, DICOM folder or zip) or a folder of CT files; masks land on the input grids.
 
@@ -317,6 +318,9 @@ def segment(
             other processes); the caller's setting is restored.
             Use fewer on a machine shared with other jobs: OpenMP threads that wait for a busy core spin
             and can make inference several times slower.
+        output_type: ``"nifti"`` (default), ``"dicom-seg"`` or both (a list): ``dicom-seg`` needs a DICOM
+            folder or zip as input and ``output`` ending in ``.dcm``; the NIfTI mask and the sidecars then
+            go beside it (``seg.dcm`` -> ``seg.nii.gz``, ``seg.run.json``). See ``io.dicomseg``.
 
     Returns:
         ``SegmentResult`` with the paths written, organ volumes, timings and warnings per case.
@@ -327,6 +331,16 @@ def segment(
         raise ConfigError(f"overlap: must be in [0, 1), got {overlap}")
     if sw_batch_size is not None and sw_batch_size < 1:
         raise ConfigError(f"sw_batch_size: must be >= 1, got {sw_batch_size}")
+    types = {output_type} if isinstance(output_type, str) else set(output_type)
+    if not types or types - {"nifti", "dicom-seg"}:
+        raise ConfigError(f"output_type: expected nifti and/or dicom-seg, got {sorted(types)}")
+    dicom_seg = None
+    if "dicom-seg" in types:
+        from organseg.io.dicomseg import check_dicom_seg_request
+
+        check_dicom_seg_request(input_path, output_path)
+        io.check_writable(output_path, overwrite=overwrite)
+        dicom_seg, output_path = output_path, output_path.with_suffix(".nii.gz")
     plans, batch = _plan(input_path, output_path, stats, rle, preview, overwrite)
     device = str(resolve_device(device))
     model_path = default_model() if model is None else Path(model)
@@ -371,6 +385,8 @@ def segment(
                     device=device,
                     overwrite=overwrite,
                     progress=progress and not batch,
+                    dicom_seg=dicom_seg,
+                    nifti="nifti" in types,
                 )
             )
     return SegmentResult(
@@ -407,6 +423,8 @@ def _segment_case(
     device: str,
     overwrite: bool,
     progress: bool,
+    dicom_seg: Path | None = None,
+    nifti: bool = True,
 ) -> CaseResult:
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -472,7 +490,17 @@ def _segment_case(
     t = time.perf_counter()
     if mask.shape != vol.shape:  # a bug, not user input: the mask must sit on the input grid
         raise AssertionError(f"mask shape {mask.shape} differs from the input grid {vol.shape}")
-    written = io.write_mask(mask, vol, plan.mask, labels, overwrite=overwrite)
+    written = io.write_mask(mask, vol, plan.mask, labels, overwrite=overwrite) if nifti else []
+    if dicom_seg is not None:
+        from organseg.io.dicomseg import write_series_seg
+
+        seg_path, seg_notes = write_series_seg(
+            mask, vol.affine, plan.input, series_uid, dicom_seg, labels,
+            model_name=model_files[0].stem, task=cfg.task, overwrite=overwrite,
+        )  # fmt: skip
+        written.append(seg_path)
+        for note in seg_notes:
+            _warn(note, notes)
     if split:
         written += outputs.write_split(mask, vol, plan.mask, labels, overwrite)
     if prob_map is not None:
@@ -521,7 +549,7 @@ def _segment_case(
     return CaseResult(
         case=plan.case,
         input=plan.input,
-        mask=plan.mask,
+        mask=plan.mask if nifti else dicom_seg,
         outputs=written,
         volumes_ml=volumes,
         timings_s=timings,

@@ -42,7 +42,7 @@ from organseg.io.formats import LPS_TO_RAS, _first_line
 from organseg.io.volume import IMAGE_SUFFIXES
 from organseg.io.writers import organseg_version
 
-__all__ = ["ORGAN_CODES", "check_dicom_seg_request", "source_datasets", "write_dicom_seg"]
+__all__ = ["ORGAN_CODES", "check_dicom_seg_request", "source_datasets", "write_dicom_seg", "write_series_seg"]
 
 #: organ -> (SNOMED CT keyword in ``pydicom.sr.codedict.codes.SCT``, laterality modifier keyword or None).
 ORGAN_CODES: dict[str, tuple[str, str | None]] = {
@@ -277,3 +277,29 @@ def write_dicom_seg(
     with atomic_path(path, overwrite=overwrite) as tmp:
         seg.save_as(tmp)
     return path, missing
+
+
+def write_series_seg(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    series: str | Path,
+    series_uid: str | None,
+    path: str | Path,
+    labels: LabelMap,
+    *,
+    model_name: str,
+    task: str = "",
+    overwrite: bool = False,
+) -> tuple[Path, list[str]]:
+    """``write_dicom_seg`` for the series at ``series`` (folder or zip); returns the path and the warnings.
+
+    The warnings (organs left out, UIDs derived for an anonymised series) are returned rather than only
+    emitted, so ``segment`` records them in the run manifest.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with source_datasets(series, series_uid) as sources:
+            written, _missing = write_dicom_seg(
+                mask, affine, sources, path, labels, model_name=model_name, task=task, overwrite=overwrite
+            )
+    return written, [str(w.message) for w in caught]
