@@ -350,8 +350,8 @@ def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | N
 def export(checkpoint: Path, fold: int | None, output_path: Path, half: bool, overwrite: bool) -> None:
     """Export a trained model as pickle-free safetensors (weights + config), for sharing or shipping."""
     from organseg.checkpoint import export_safetensors
-    from organseg.infer.models import resolve_model_files
     from organseg.io import check_writable
+    from organseg.modelstore import resolve_model_files
 
     if output_path.suffix != ".safetensors":
         raise ConfigError(f"{output_path}: the output must end in .safetensors")
@@ -372,7 +372,7 @@ def export(checkpoint: Path, fold: int | None, output_path: Path, half: bool, ov
 )
 def models(runs_dir: Path) -> None:
     """List the built-in model and local training runs."""
-    from organseg.infer.models import list_models
+    from organseg.modelstore import list_models
 
     for line in list_models(runs_dir):
         click.echo(line)

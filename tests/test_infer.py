@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from organseg import io
+from organseg import io, modelstore
 from organseg.checkpoint import build_model, save_checkpoint
 from organseg.config import LabelMap, PostprocessConfig, config_to_dict, load_config, replace_path
 from organseg.errors import ModelError, OutputError
 from organseg.infer import check_ct_intensities, segment
-from organseg.infer import models as models_mod
-from organseg.infer.models import default_model, load_models, resolve_model_files
+from organseg.infer.models import load_models
 from organseg.infer.outputs import rle_decode, rle_encode
 from organseg.infer.postprocess import postprocess_mask
 from organseg.infer.preprocess import Grid, prepare
 from organseg.infer.tta import swap_channels, tta_predictor
+from organseg.modelstore import default_model, resolve_model_files
 
 
 def tiny_config(spacing_mm: float = 6.0, patch: int = 32, labels: dict | None = None):
@@ -458,7 +458,7 @@ def test_model_for_other_labels_is_refused(tmp_path: Path) -> None:
 
 
 def test_no_model_available_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models_mod, "BUILTIN_MODEL", tmp_path / "missing.safetensors")
+    monkeypatch.setattr(modelstore, "BUILTIN_MODEL", tmp_path / "missing.safetensors")
     with pytest.raises(ModelError, match="organseg train") as err:
         default_model()
     assert "organseg demo" in str(err.value) and "missing.safetensors" in str(err.value)
@@ -474,7 +474,7 @@ def test_default_model_is_the_builtin_one(
     torch.manual_seed(0)
     builtin = tmp_path / "builtin.safetensors"
     save_safetensors_model(builtin, build_model(cfg), cfg)
-    monkeypatch.setattr(models_mod, "BUILTIN_MODEL", builtin)
+    monkeypatch.setattr(modelstore, "BUILTIN_MODEL", builtin)
     monkeypatch.chdir(tmp_path)
     _make_run(tmp_path, "local", "2025-01-01T00:00:00", {0: "checkpoint_best.pt"})
     ct, _ = tiny_ct_and_mask
@@ -490,7 +490,7 @@ def test_shipped_builtin_model_loads_without_pickle() -> None:
     """The weights inside the package load through safetensors and segment our five labels."""
     from organseg.checkpoint import load_safetensors_model
 
-    net, cfg, extra = load_safetensors_model(models_mod.BUILTIN_MODEL)
+    net, cfg, extra = load_safetensors_model(modelstore.BUILTIN_MODEL)
     assert cfg.labels == LabelMap() and cfg.train.synthetic.enabled
     assert sum(p.numel() for p in net.parameters()) < 5_000_000
 

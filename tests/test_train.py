@@ -24,10 +24,10 @@ import torch
 from organseg.checkpoint import load_checkpoint, model_from_checkpoint
 from organseg.config import config_from_dict, config_to_dict, load_config, save_config
 from organseg.errors import ConfigError, InputError, ModelError, OutputError
+from organseg.modelstore import RUN_MARKER
 from organseg.training import InterruptFlag, TrainingInterrupted, dry_run, fold_indices
 from organseg.training import train as _train
 from organseg.training.data import PatchDataset, PhantomPool, default_loader_factory, random_part
-from organseg.training.runfolder import RUN_MARKER
 
 REPO = Path(__file__).resolve().parent.parent
 ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")

@@ -53,11 +53,12 @@ from organseg.config import Config, LabelMap, config_to_dict
 from organseg.errors import ConfigError, InputError, OutputError
 from organseg.infer import outputs
 from organseg.infer.invert import probabilities_to_input
-from organseg.infer.models import check_ensemble, default_model, load_model_file, resolve_model_files
+from organseg.infer.models import check_ensemble
 from organseg.infer.postprocess import postprocess_mask
 from organseg.infer.preprocess import Grid, prepare
 from organseg.infer.sliding import predict_probabilities
 from organseg.infer.tta import parse_tta
+from organseg.modelstore import default_model, load_model_file, resolve_model_files
 from organseg.runtime import cpu_threads, resolve_device
 
 __all__ = ["CaseResult", "SegmentResult", "check_ct_intensities", "default_model", "segment"]

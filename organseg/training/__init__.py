@@ -5,9 +5,10 @@ checkpoints, resume), ``control`` (Ctrl-C flag, LR schedule, precision, RNG stat
 ``runfolder`` (every file a run writes, through one ``RunWriter``).
 """
 
+from organseg.modelstore import is_run_dir
 from organseg.training.api import dry_run, fold_indices, resolve_device, train, train_command
 from organseg.training.control import InterruptFlag, TrainingInterrupted
-from organseg.training.runfolder import RunWriter, check_run_dir, is_run_dir
+from organseg.training.runfolder import RunWriter, check_run_dir
 
 __all__ = [
     "InterruptFlag",

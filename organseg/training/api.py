@@ -18,18 +18,17 @@ import torch
 
 from organseg.config import Config, load_config, replace_path
 from organseg.errors import ConfigError, InputError, ModelError, OrgansegError
+from organseg.modelstore import BEST, LAST, RUN_MARKER, fold_dir
 from organseg.runtime import cpu_threads, resolve_device
 from organseg.training import data as D
 from organseg.training.control import InterruptFlag, TrainingInterrupted
 from organseg.training.loop import (
-    BEST,
-    LAST,
     FoldTrainer,
     LoaderFactory,
     init_weights,
     load_resume_checkpoint,
 )
-from organseg.training.runfolder import RunWriter, check_run_dir, fold_dir, write_cv_summary
+from organseg.training.runfolder import RunWriter, check_run_dir, write_cv_summary
 
 
 def fold_indices(folds: int | Sequence[int] | str, k: int) -> list[int]:
@@ -107,7 +106,7 @@ def train(
     synthetic = cfg.train.synthetic.enabled
     k = 1 if synthetic else cfg.train.folds
     chosen = fold_indices(folds, k)
-    run_info = json.loads((check_run_dir(run_dir) / "run.json").read_text()) if resume else {}
+    run_info = json.loads((check_run_dir(run_dir) / RUN_MARKER).read_text()) if resume else {}
     if resume:  # refuse a bad checkpoint before reading the data or rewriting anything in the run
         for fold in chosen:
             if (fold_dir(run_dir, fold) / LAST).exists():
@@ -327,7 +326,7 @@ def train_command(
     elif fold is not None:
         folds = fold
     elif resume_dir is not None:
-        folds = json.loads((run_dir / "run.json").read_text()).get("folds", [0])
+        folds = json.loads((run_dir / RUN_MARKER).read_text()).get("folds", [0])
     else:
         folds = 0
     try:

@@ -30,6 +30,7 @@ from organseg.checkpoint import build_model, load_checkpoint, state_dict_problem
 from organseg.config import Config, config_to_dict
 from organseg.errors import ModelError
 from organseg.losses import build_loss
+from organseg.modelstore import BEST, LAST, default_model, fold_dir, load_model_file, resolve_model_files
 from organseg.training.control import (
     InterruptFlag,
     TrainingInterrupted,
@@ -40,10 +41,7 @@ from organseg.training.control import (
     steps_per_epoch,
 )
 from organseg.training.data import FoldData, PatchDataset, patch_batches, random_part, seed_for
-from organseg.training.runfolder import RunWriter, fold_dir, read_metrics
-
-LAST = "checkpoint_last.pt"
-BEST = "checkpoint_best.pt"
+from organseg.training.runfolder import RunWriter, read_metrics
 
 LoaderFactory = Callable[[torch.utils.data.Dataset, torch.Generator, int], Iterator[list[dict]]]
 
@@ -117,8 +115,6 @@ def init_weights(cfg: Config, source: str) -> tuple[Path, dict]:
     Returns (file, state dict for ``build_model(cfg)``). Raises ``ModelError`` naming the file when
     it is missing or unsafe, or when its labels or architecture differ from the config's.
     """
-    from organseg.infer.models import default_model, load_model_file, resolve_model_files
-
     path = resolve_model_files(default_model() if source == "builtin" else source, None)[0]
     net, other = load_model_file(path)
     if list(other.labels.names) != list(cfg.labels.names):

@@ -4,7 +4,7 @@ Every file a training run writes goes through one ``RunWriter``; under distribut
 rank 0 gets an enabled writer (``RunWriter(run_dir, enabled=is_main)``), the others get one whose
 writes do nothing, so the loop itself never asks which rank it is.
 
-Layout::
+Layout (the marker, fold folders and checkpoint names are defined once, in ``organseg.modelstore``)::
 
     run_dir/run.json          {"organseg_run": 1, "task", "folds", "created"}
     run_dir/config.yaml       resolved config
@@ -29,20 +29,7 @@ import numpy as np
 from organseg.config import Config, save_config
 from organseg.errors import InputError, OutputError
 from organseg.io import atomic_path, atomic_write_json, atomic_write_text
-
-RUN_MARKER = "run.json"
-RUN_FORMAT = 1
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """True when ``path`` holds a ``run.json`` marker written by organseg."""
-    marker = Path(path) / RUN_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("organseg_run") == RUN_FORMAT
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return False
+from organseg.modelstore import RUN_FORMAT, RUN_MARKER, fold_dir, is_run_dir
 
 
 def check_run_dir(path: str | Path) -> Path:
@@ -53,10 +40,6 @@ def check_run_dir(path: str | Path) -> Path:
     if not is_run_dir(path):
         raise InputError(f"{path}: not an organseg run folder (no valid {RUN_MARKER}); cannot resume it")
     return path
-
-
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / f"fold_{fold}"
 
 
 def metric_columns(organs: Sequence[str]) -> list[str]:
