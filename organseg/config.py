@@ -167,6 +167,11 @@ class SyntheticConfig:
     perirenal_fat: bool = False  # phantom kidneys wrapped in fat (``phantom.generate_case(perirenal_fat=...)``)
     workers: int = 0  # processes that generate phantoms ahead of the epoch that needs them (0: in-process)
     wild_fraction: float = 0.0  # share of phantoms with every tissue's HU drawn independently (phase "wild")
+    # label-map training mix (``phantom.labelmaps``): this share of the pool is rendered from these maps
+    # (folders of <structure>.nii.gz masks, or multilabel files with the class table label_map_classes)
+    label_maps: tuple[str, ...] = ()
+    label_map_classes: str = ""  # JSON id -> structure name, for multilabel files
+    label_map_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -377,6 +382,8 @@ def _check_values(obj: Any, source: str, prefix: str) -> None:
             raise bad("workers", f"must be >= 0, got {obj.workers}")
         if not 0 <= obj.wild_fraction <= 1:
             raise bad("wild_fraction", f"must be in [0, 1], got {obj.wild_fraction}")
+        if not 0 <= obj.label_map_fraction <= 1:
+            raise bad("label_map_fraction", f"must be in [0, 1], got {obj.label_map_fraction}")
     elif isinstance(obj, InferConfig):
         if not 0 <= obj.overlap < 1:
             raise bad("overlap", f"must be in [0, 1), got {obj.overlap}")

@@ -257,12 +257,18 @@ def generate_phantom(seed: int, cfg: Config) -> dict:
 
     A share ``train.synthetic.wild_fraction`` of the seeds (chosen from the seed alone) gets the
     ``wild`` phase, every tissue's HU drawn on its own (domain randomization); the others a real phase.
+    A share ``train.synthetic.label_map_fraction`` of the seeds (also from the seed alone) is rendered
+    from a real label map instead (``phantom.labelmaps.training_sample``).
     """
     import inspect
 
     from organseg import phantom
 
     syn = cfg.train.synthetic
+    if syn.label_map_fraction > 0 and np.random.default_rng([int(seed), 29]).random() < syn.label_map_fraction:
+        from organseg.phantom.labelmaps import training_sample  # real anatomy, phantom appearance
+
+        return training_sample(seed, cfg)
     wild = syn.wild_fraction > 0 and np.random.default_rng([int(seed), 17]).random() < syn.wild_fraction
     accepted = inspect.signature(phantom.generate_case).parameters
     options = {
@@ -382,6 +388,10 @@ def synthetic_fold_data(cfg: Config, generate: Callable[[int, Config], dict] = g
     syn = cfg.train.synthetic
     if syn.pool_size < 1 or syn.cases_per_epoch < 1:
         raise ConfigError("train.synthetic: pool_size and cases_per_epoch must be >= 1")
+    if syn.label_map_fraction > 0:  # bad label maps fail here, before any worker starts
+        from organseg.phantom.labelmaps import check_training_label_maps
+
+        check_training_label_maps(cfg)
     pool = PhantomPool(cfg, generate)  # filled by on_epoch, for the epoch training starts at
     val_seeds = [syn.seed + 1_000_000 + i for i in range(syn.val_cases)]
     val_cache = pool.make_many(val_seeds)
