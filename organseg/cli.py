@@ -20,6 +20,7 @@ EXAMPLES = {
     "infer": "organseg infer --input ct.nii.gz --output mask.nii.gz --stats stats.json",
     "evaluate": "organseg evaluate --pred mask.nii.gz --ref seg.nii.gz --ref-map totalsegmentator",
     "render": "organseg render --input mask.nii.gz --output organs.mp4 --preview organs.png",
+    "report": "organseg report --mask mask.nii.gz --ct ct.nii.gz --output report.html",
     "demo": "organseg demo --out demo-out",
 }
 
@@ -164,6 +165,9 @@ def train(
     type=click.Choice(["nifti", "dicom-seg"]),
     help="nifti (default) and/or dicom-seg (repeat for both; dicom-seg needs a DICOM input and a .dcm --output).",
 )
+@click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), default=None, help="Interactive HTML report."
+)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def infer(
@@ -182,11 +186,17 @@ def infer(
     rle: Path | None,
     preview: Path | None,
     output_types: tuple[str, ...],
+    report_path: Path | None,
     device: str | None,
     overwrite: bool,
 ) -> None:
     """Segment a CT: sliding-window inference, mask written on the input's exact grid."""
     from organseg.infer import segment
+
+    if report_path is not None:
+        from organseg.report import check_report_path
+
+        check_report_path(report_path, overwrite)
 
     fold_list = None
     if folds:
@@ -215,6 +225,11 @@ def infer(
     )
     summary = getattr(result, "summary", None)
     click.echo(summary() if callable(summary) else f"wrote {output_path}")
+    if report_path is not None:
+        from organseg.report import reports_after_segment
+
+        for page in reports_after_segment(result, report_path, overwrite):
+            click.echo(f"wrote {page}")
 
 
 @cli.command(epilog=_epilog("evaluate"))
@@ -295,6 +310,42 @@ def render(
         title=title,
         ct=ct_path,
         preview=preview,
+        overwrite=overwrite,
+    )
+    click.echo(f"wrote {out}")
+
+
+@cli.command(epilog=_epilog("report"))
+@click.option("--mask", "mask_path", required=True, type=click.Path(path_type=Path), help="Label mask.")
+@click.option(
+    "--ct", "ct_path", required=True, type=click.Path(path_type=Path), help="The CT (file or DICOM)."
+)
+@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help=".html report.")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None, help="Run manifest (.run.json).")
+@click.option(
+    "--label-map", default=None, help="Mask label ids if not organseg's: totalsegmentator, 5:liver,..."
+)
+@click.option("--title", default=None, help="Heading of the report.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+def report(
+    mask_path: Path,
+    ct_path: Path,
+    output_path: Path,
+    manifest: Path | None,
+    label_map: str | None,
+    title: str | None,
+    overwrite: bool,
+) -> None:
+    """One self-contained HTML page: organs in 3D, volumes and HU with reference ranges, slices."""
+    from organseg.report import build_report
+
+    out = build_report(
+        mask_path,
+        ct_path,
+        output_path,
+        manifest=manifest,
+        label_map=label_map,
+        title=title,
         overwrite=overwrite,
     )
     click.echo(f"wrote {out}")
