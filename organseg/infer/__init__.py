@@ -52,10 +52,12 @@ from organseg import io
 from organseg.config import Config, LabelMap, config_to_dict
 from organseg.errors import ConfigError, InputError, OutputError
 from organseg.infer import outputs
+from organseg.infer.confidence import organ_confidence, summarize_probabilities, summary_line
 from organseg.infer.invert import probabilities_to_input
 from organseg.infer.models import check_ensemble
 from organseg.infer.postprocess import postprocess_mask
 from organseg.infer.preprocess import Grid, prepare
+from organseg.infer.shard import is_done, shard_of
 from organseg.infer.sliding import predict_probabilities
 from organseg.infer.tta import parse_tta
 from organseg.modelstore import default_model, load_model_file, resolve_model_files
@@ -100,6 +102,7 @@ class SegmentResult:
     models: list[Path]
     device: str
     timings_s: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # cases done by an earlier run (``skip_existing``)
 
     @property
     def mask(self) -> Path:
@@ -125,6 +128,8 @@ class SegmentResult:
         for c in self.cases:
             vols = ", ".join(f"{k} {v:.0f} ml" for k, v in c.volumes_ml.items())
             lines.append(f"{c.case}: wrote {c.mask} ({vols}) in {sum(c.timings_s.values()):.1f} s")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} case(s) already done: {', '.join(self.skipped[:5])}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -289,6 +294,8 @@ def segment(
     expected_labels: LabelMap | None = None,
     threads: int | None = None,
     output_type: str | Sequence[str] = "nifti",
+    shard: tuple[int, int] | None = None,
+    skip_existing: bool = False,
 ) -> SegmentResult:
     """Segment one CT (file, DICOM folder or zip) or a folder of CT files; masks land on the input grids.
 
@@ -322,6 +329,10 @@ def segment(
         output_type: ``"nifti"`` (default), ``"dicom-seg"`` or both (a list): ``dicom-seg`` needs a DICOM
             folder or zip as input and ``output`` ending in ``.dcm``; the NIfTI mask and the sidecars then
             go beside it (``seg.dcm`` -> ``seg.nii.gz``, ``seg.run.json``). See ``io.dicomseg``.
+        shard: ``(K, N)``: segment only share K of N of a folder of CTs (``infer.shard``: disjoint,
+            size-balanced); ``ConfigError`` for a single case.
+        skip_existing: skip cases whose run manifest (written last) exists; redo the others, replacing
+            the partial outputs a crash left, so a rerun finishes an interrupted batch.
 
     Returns:
         ``SegmentResult`` with the paths written, organ volumes, timings and warnings per case.
@@ -342,7 +353,15 @@ def segment(
         check_dicom_seg_request(input_path, output_path)
         io.check_writable(output_path, overwrite=overwrite)
         dicom_seg, output_path = output_path, output_path.with_suffix(".nii.gz")
-    plans, batch = _plan(input_path, output_path, stats, rle, preview, overwrite)
+    plans, batch = _plan(input_path, output_path, stats, rle, preview, overwrite or skip_existing)
+    if shard is not None:
+        if not batch:
+            raise ConfigError(f"{input_path}: --shard needs a folder of CT files; one case cannot be split")
+        mine = set(shard_of([p.input for p in plans], *shard))
+        plans = [p for p in plans if p.input in mine]
+    skipped = [p.case for p in plans if skip_existing and is_done(p.manifest)]
+    plans = [p for p in plans if p.case not in skipped]
+    overwrite = overwrite or skip_existing  # what is left to do is missing or was cut off
     device = str(resolve_device(device))
     model_path = default_model() if model is None else Path(model)
     files = resolve_model_files(model_path, folds)
@@ -391,7 +410,11 @@ def segment(
                 )
             )
     return SegmentResult(
-        cases=results, models=files, device=str(device), timings_s={"total": time.perf_counter() - t_start}
+        cases=results,
+        models=files,
+        device=str(device),
+        timings_s={"total": time.perf_counter() - t_start},
+        skipped=skipped,
     )
 
 
@@ -444,7 +467,7 @@ def _segment_case(
     native = Grid(vol.shape, np.asarray(vol.affine, dtype=np.float64))
     prep = prepare(vol.array, vol.affine, cfg)
     timings["preprocess"] = time.perf_counter() - t
-    prob_map = None
+    prob_map = grid_summary = None
     if prep is None:
         _warn(
             f"{vol.source}: no body found (no voxel above {cfg.preprocess.body_threshold_hu:g} HU); "
@@ -471,6 +494,9 @@ def _segment_case(
         )
         timings["network"] = time.perf_counter() - t
         t = time.perf_counter()
+        grid_summary = summarize_probabilities(probs, prep.crop.affine)  # per-organ confidence
+        timings["confidence"] = time.perf_counter() - t
+        t = time.perf_counter()
         mask, prob_map = probabilities_to_input(probs, prep, native, keep_probabilities=probabilities)
         del probs
         timings["invert"] = time.perf_counter() - t
@@ -487,6 +513,10 @@ def _segment_case(
             _warn(f"{vol.source}: no organ found; wrote an empty mask (is this an abdominal CT?)", notes)
         elif missing:
             _warn(f"{vol.source}: not found: {', '.join(missing)}", notes)
+    confidence = {} if grid_summary is None else organ_confidence(grid_summary, labels.names, volumes)
+    for organ, conf in confidence.items():
+        if conf["low"]:
+            _warn(f"{vol.source}: {summary_line(organ, conf)}", notes)
 
     t = time.perf_counter()
     if mask.shape != vol.shape:  # a bug, not user input: the mask must sit on the input grid
@@ -509,6 +539,8 @@ def _segment_case(
         del prob_map
     if plan.stats is not None:
         organ_stats = outputs.organ_stats(mask, vol, labels)
+        for organ, conf in confidence.items():
+            organ_stats[organ]["confidence"] = conf
         written.append(outputs.write_stats(organ_stats, plan.stats, overwrite, case=plan.case))
     if plan.rle is not None:
         written.append(outputs.write_rle(mask, vol, plan.rle, labels, overwrite, case=plan.case))
@@ -542,6 +574,7 @@ def _segment_case(
         if prep is None
         else {"shape": list(prep.crop.shape), "affine": prep.crop.affine.tolist()},
         "volumes_ml": volumes,
+        "confidence": confidence,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "outputs": [str(p) for p in written] + [str(plan.manifest)],
         "warnings": notes,

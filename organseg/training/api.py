@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from organseg.config import Config, load_config, replace_path
@@ -22,6 +23,16 @@ from organseg.modelstore import BEST, LAST, RUN_MARKER, fold_dir
 from organseg.runtime import cpu_threads, resolve_device
 from organseg.training import data as D
 from organseg.training.control import InterruptFlag, TrainingInterrupted
+from organseg.training.distributed import (
+    DistContext,
+    agree_on_error,
+    cpu_threads_per_rank,
+    from_main,
+    rank_batch_size,
+    rank_config,
+    rank_loader_factory,
+    session,
+)
 from organseg.training.loop import (
     FoldTrainer,
     LoaderFactory,
@@ -70,6 +81,7 @@ def train(
     interrupt: InterruptFlag | None = None,
     num_threads: int | None = None,
     phantom_generator: Callable[[int, Config], dict] | None = None,
+    dist: DistContext | None = None,
 ) -> Path:
     """Train k-fold VNets into ``run_dir`` and return it.
 
@@ -92,6 +104,10 @@ def train(
         num_threads: CPU threads for torch on CPU (default ``cpu_threads()``: the free cores).
         phantom_generator: ``(seed, cfg) -> {"image", "label"}`` (``io.Volume`` s, or arrays plus an
             ``"affine"``) for synthetic training; default ``organseg.phantom.generate_case``.
+        dist: the ``torchrun`` job (``training.distributed.init_from_env``): DDP on ``dist.device``,
+            ``train.batch_size`` split over the ranks, rank 0 alone validates and writes. ``is_main``,
+            ``writer`` and ``device`` then follow from it. Resuming with another world size keeps
+            weights, optimiser, schedule and epoch; the per-rank batch and the rank shares change.
 
     Raises:
         InputError: missing dataset, a label value outside the label map (names the file), or a
@@ -101,12 +117,20 @@ def train(
     """
     cfg = config
     run_dir = Path(run_dir)
+    if dist is not None and dist.distributed:
+        device, is_main = dist.device, dist.is_main
+        rank_batch_size(cfg.train.batch_size, dist.world_size)  # refuse before touching the run folder
     dev = resolve_device(device)
     writer = writer or RunWriter(run_dir, enabled=is_main, echo=progress)
     synthetic = cfg.train.synthetic.enabled
     k = 1 if synthetic else cfg.train.folds
     chosen = fold_indices(folds, k)
     run_info = json.loads((check_run_dir(run_dir) / RUN_MARKER).read_text()) if resume else {}
+    if resume and run_info.get("task") not in (None, cfg.task):
+        raise InputError(
+            f"{run_dir}: run folder is for task {run_info.get('task')!r}, the config is for {cfg.task!r}; "
+            "resume a run with its own config (organseg train --resume <run> reads it from the folder)"
+        )
     if resume:  # refuse a bad checkpoint before reading the data or rewriting anything in the run
         for fold in chosen:
             if (fold_dir(run_dir, fold) / LAST).exists():
@@ -138,25 +162,34 @@ def train(
             }
         ]
 
-    writer.create(
-        cfg, chosen, resume, extra={"data_dir": None if synthetic else str(Path(data_dir).resolve())}
-    )
-    if is_main:
-        writer.write_json(
-            "splits.json", {"k": k, "seed": cfg.train.seed, "synthetic": synthetic, "folds": splits}
+    refused = None
+    try:  # only rank 0 touches the run folder; its refusal stops every rank
+        writer.create(
+            cfg, chosen, resume, extra={"data_dir": None if synthetic else str(Path(data_dir).resolve())}
         )
-        if counts:
-            writer.write_json("label_counts.json", counts)
+        if is_main:
+            writer.write_json(
+                "splits.json", {"k": k, "seed": cfg.train.seed, "synthetic": synthetic, "folds": splits}
+            )
+            if counts:
+                writer.write_json("label_counts.json", counts)
+    except OrgansegError as err:
+        refused = err
+    agree_on_error(refused, dist)
 
     previous_threads = torch.get_num_threads()
     if dev.type == "cpu":
-        torch.set_num_threads(num_threads or cpu_threads())
+        torch.set_num_threads(num_threads or (cpu_threads_per_rank(dist) if dist else cpu_threads()))
     elif num_threads or cfg.train.num_workers > 0:
         # on a GPU the loader workers do the CPU work; a main process with one OpenMP thread per core
         # competes with them for the cores (measured: 225 vs 107 patches/s with 8 workers, BENCHMARKS.md)
         torch.set_num_threads(num_threads or 1)
     interrupt = interrupt or InterruptFlag()
     factory = loader_factory or D.default_loader_factory
+    if loader_factory is None and dist is not None and dist.distributed:
+        factory = rank_loader_factory(
+            dist, rank_batch_size(cfg.train.batch_size, dist.world_size), cfg.train.samples_per_volume
+        )
     results: dict[int, dict[str, float]] = {}
     try:
         with interrupt.installed():
@@ -167,9 +200,13 @@ def train(
                 )
             for fold in chosen:
                 if synthetic:
-                    fold_data = D.synthetic_fold_data(cfg, phantom_generator or D.generate_phantom)
+                    fold_data = D.synthetic_fold_data(
+                        rank_config(cfg, dist), phantom_generator or D.generate_phantom
+                    )
                 else:
                     fold_data = D.real_fold_data(cfg, source, names, splits[fold], counts)
+                # rank 0's class frequencies everywhere: one loss on all ranks
+                fold_data.label_counts = np.asarray(from_main(fold_data.label_counts, dist))
                 trainer = FoldTrainer(
                     cfg,
                     fold,
@@ -183,6 +220,7 @@ def train(
                     interrupt=interrupt,
                     is_main=is_main,
                     version=_version(),
+                    dist=dist,
                 )
                 try:
                     results[fold] = trainer.run()
@@ -329,10 +367,13 @@ def train_command(
         folds = json.loads((run_dir / RUN_MARKER).read_text()).get("folds", [0])
     else:
         folds = 0
-    try:
-        train(cfg, data_dir, run_dir, folds=folds, resume=resume_dir is not None, device=device)
-    except TrainingInterrupted as err:
-        print(f"organseg: {err}", file=sys.stderr)
-        raise SystemExit(130) from None
-    print(f"run folder: {run_dir}")
+    with session(device) as ctx:  # under torchrun: DDP over its processes; else one process
+        run_dir = from_main(run_dir, ctx)  # the ranks may have read the clock in different seconds
+        try:
+            train(cfg, data_dir, run_dir, folds=folds, resume=resume_dir is not None, device=device, dist=ctx)
+        except TrainingInterrupted as err:
+            print(f"organseg: {err}", file=sys.stderr)
+            raise SystemExit(130) from None
+    if ctx.is_main:
+        print(f"run folder: {run_dir}")
     return run_dir

@@ -41,6 +41,14 @@ from organseg.training.control import (
     steps_per_epoch,
 )
 from organseg.training.data import FoldData, PatchDataset, patch_batches, random_part, seed_for
+from organseg.training.distributed import (
+    DistContext,
+    any_rank,
+    flag_from_main,
+    rank_batch_size,
+    wrap_loss,
+    wrap_model,
+)
 from organseg.training.runfolder import RunWriter, read_metrics
 
 LoaderFactory = Callable[[torch.utils.data.Dataset, torch.Generator, int], Iterator[list[dict]]]
@@ -150,6 +158,9 @@ class FoldTrainer:
         interrupt: the Ctrl-C flag.
         is_main: validate and log only on the main process.
         version: organseg version stored in checkpoints.
+        dist: the ``torchrun`` job this process belongs to (``training.distributed``): the model is
+            wrapped in DDP, each rank trains on ``batch_size / world_size`` patches per step and the
+            loss spans the global batch; ``None`` or one process: plain training.
     """
 
     def __init__(
@@ -167,6 +178,7 @@ class FoldTrainer:
         interrupt: InterruptFlag,
         is_main: bool = True,
         version: str = "0",
+        dist: DistContext | None = None,
     ):
         self.cfg, self.fold, self.data, self.writer = cfg, fold, data, writer
         self.device, self.resume, self.progress = device, resume, progress
@@ -179,6 +191,9 @@ class FoldTrainer:
         self.last_epoch = min(cfg.train.epochs, max_epochs) if max_epochs else cfg.train.epochs
         self.spe = steps_per_epoch(cfg, len(data.train_indices(1)))
         self.amp = amp_dtype(cfg, device)
+        self.dist = dist
+        self.rank = dist.rank if dist is not None else 0
+        self.batch_size = rank_batch_size(cfg.train.batch_size, dist.world_size if dist else 1)
 
     def log(self, message: str) -> None:
         if self.is_main:
@@ -192,12 +207,13 @@ class FoldTrainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick its fastest kernels
         self.model = build_model(cfg).to(self.device)
+        self.train_model = wrap_model(self.model, self.dist)  # DDP; checkpoints save self.model
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.spe))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.loss_fn = build_loss(cfg, self.data.label_counts).to(self.device)
+        self.loss_fn = wrap_loss(build_loss(cfg, self.data.label_counts).to(self.device), self.dist)
         self.state = {
             "epoch": 0,
             "epoch_step": 0,
@@ -297,6 +313,8 @@ class FoldTrainer:
                     self._save(BEST)
                 elif patience > 0 and epoch - self.state["best_epoch"] >= patience:
                     self.state["early_stopped"] = True
+            if epoch % cfg.train.val_every == 0 or epoch == self.last_epoch:  # rank 0 decides for all
+                self.state["early_stopped"] = flag_from_main(self.state["early_stopped"], self.dist)
             row["time_s"] = time.perf_counter() - t0
             rows.append(row)
             # metrics first, checkpoint last: a kill in between leaves a row for an epoch that resume
@@ -327,11 +345,12 @@ class FoldTrainer:
         cfg = self.cfg
         self.data.on_epoch(epoch)
         seed = seed_for(cfg.train.seed, self.fold, epoch)
-        random_tf.set_random_state(seed)
+        rank_seed = seed if self.rank == 0 else seed_for(seed, self.rank)  # ranks: own augmentation, dropout
+        random_tf.set_random_state(rank_seed)
         dataset = PatchDataset(self.data.source, self.data.train_indices(epoch), random_tf)
         generator = torch.Generator().manual_seed(seed)
         batches = patch_batches(
-            lambda: self.loader_factory(dataset, generator, cfg.train.num_workers), cfg.train.batch_size
+            lambda: self.loader_factory(dataset, generator, cfg.train.num_workers), self.batch_size
         )
         skip = self.state["epoch_step"]
         if skip:  # resuming inside this epoch: replay its data, then the saved RNG
@@ -339,9 +358,9 @@ class FoldTrainer:
                 next(batches)
             restore_rng(self.resume_rng)
         else:
-            torch.manual_seed(seed)
+            torch.manual_seed(rank_seed)
         loss_sum, count = self.state["epoch_loss_sum"], self.state["epoch_loss_count"]
-        self.model.train()
+        self.train_model.train()
         bar = tqdm(
             total=self.spe,
             initial=skip,
@@ -358,7 +377,7 @@ class FoldTrainer:
                     loss_sum, count = loss_sum + loss, count + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if self.interrupt.requested:
+                if any_rank(self.interrupt.requested, self.dist):
                     self.state.update(epoch_step=s + 1, epoch_loss_sum=loss_sum, epoch_loss_count=count)
                     self._save(LAST)
                     path = fold_dir(self.writer.run_dir, self.fold) / LAST
@@ -377,7 +396,7 @@ class FoldTrainer:
         image, label = (t.to(self.device, non_blocking=True) for t in batch)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            logits = self.model(image)
+            logits = self.train_model(image)
         loss = self.loss_fn(logits, label)
         if not torch.isfinite(loss):
             self.log(f"non-finite loss at step {self.state['step']}; step skipped")
