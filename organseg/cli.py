@@ -65,14 +65,47 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder to write."
 )
 @click.option(
-    "--n", "n", default=8, show_default=True, type=click.IntRange(1, 100000), help="Number of cases."
+    "--n", "-n", "n", default=8, show_default=True, type=click.IntRange(1, 100000), help="Number of cases."
 )
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed; the same seed gives the same data."
 )
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
-def synth(out_dir: Path, n: int, seed: int, overwrite: bool) -> None:
-    """Write synthetic abdominal CT phantoms with ground truth (MSD layout)."""
+@click.option(
+    "--from-labels",
+    "from_labels",
+    type=click.Path(path_type=Path),
+    help="Render from a label map instead: a folder of <structure>.nii.gz masks or a multilabel file.",
+)
+@click.option(
+    "--classes", type=click.Path(path_type=Path), help="Class table JSON (id -> name) of a multilabel map."
+)
+@click.option(
+    "--spacing", "spacing_mm", default=3.0, show_default=True, type=click.FloatRange(0.5, 10),
+    help="Voxel size (mm) of --from-labels cases.",
+)  # fmt: skip
+def synth(
+    out_dir: Path,
+    n: int,
+    seed: int,
+    overwrite: bool,
+    from_labels: Path | None,
+    classes: Path | None,
+    spacing_mm: float,
+) -> None:
+    """Write synthetic abdominal CT phantoms with ground truth (MSD layout).
+
+    With --from-labels, the anatomy comes from a TotalSegmentator-style label map (deformed, rescaled and
+    cropped anew for each case) and the appearance from the phantoms' randomized CT model.
+    """
+    if from_labels is not None:
+        from organseg.phantom.labelmaps_dataset import synthesize_from_labels
+
+        paths = synthesize_from_labels(
+            from_labels, out_dir, n=n, seed=seed, classes=classes, overwrite=overwrite, spacing_mm=spacing_mm
+        )
+        click.echo(f"wrote {len(paths)} cases to {out_dir}")
+        return
     from organseg.phantom import synthesize
 
     paths = synthesize(out_dir, n=n, seed=seed, overwrite=overwrite)

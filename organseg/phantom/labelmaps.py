@@ -339,4 +339,10 @@ def check_training_label_maps(cfg: Config) -> None:
         load_label_map(Path(path).expanduser(), syn.label_map_classes or None, cfg.labels.organs)
 
 
-__all__ = ["FOVS", "KIND_TISSUES", "check_training_label_maps", "render_label_map", "training_sample"]
+__all__ = [
+    "FOVS",
+    "KIND_TISSUES",
+    "check_training_label_maps",
+    "render_label_map",
+    "training_sample",
+]
