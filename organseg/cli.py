@@ -58,6 +58,29 @@ def _parse_overrides(pairs: tuple[str, ...]) -> list[tuple[str, object]]:
 def cli(ctx: click.Context, debug: bool) -> None:
     """Segment liver, kidneys and spleen in abdominal CT; train models; render 3D videos."""
     ctx.obj = {"debug": debug}
+    _refuse_torchrun(ctx.invoked_subcommand)
+
+
+def _torchrun() -> bool:
+    """Launched by ``torchrun`` with more than one process."""
+    import os
+
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def _refuse_torchrun(command: str | None) -> None:
+    """Under ``torchrun`` only ``train`` and ``infer`` split their work; any other command says so once."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not _torchrun() or command in (None, "train", "infer"):
+        return
+    if os.environ.get("RANK", "0") != "0":
+        sys.exit(ConfigError.exit_code)  # rank 0 prints the one line
+    raise ConfigError(
+        f"torchrun: 'organseg {command}' cannot be split over {world} processes; run it as one process "
+        "(only train and infer run under torchrun)"
+    )
 
 
 @cli.command(epilog=_epilog("synth"))
@@ -203,6 +226,10 @@ def train(
 )
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option(
+    "--shard", default=None, metavar="K/N", help="Segment share K (0..N-1) of N of a folder (SLURM arrays)."
+)
+@click.option("--skip-existing", is_flag=True, help="Skip cases already done (their .run.json exists).")
 def infer(
     input_path: Path,
     output_path: Path,
@@ -222,6 +249,8 @@ def infer(
     report_path: Path | None,
     device: str | None,
     overwrite: bool,
+    shard: str | None,
+    skip_existing: bool,
 ) -> None:
     """Segment a CT: sliding-window inference, mask written on the input's exact grid."""
     from organseg.infer import segment
@@ -237,9 +266,7 @@ def infer(
             fold_list = [int(f) for f in folds.split(",")]
         except ValueError:
             raise ConfigError(f"--folds: expected comma-separated fold numbers, got {folds!r}") from None
-    result = segment(
-        input_path,
-        output_path,
+    common = dict(
         model=model,
         folds=fold_list,
         tta=tta,
@@ -252,10 +279,20 @@ def infer(
         rle=rle,
         preview=preview,
         series_uid=series_uid,
-        device=device,
         overwrite=overwrite,
         output_type=list(output_types) or "nifti",
     )
+    if shard is not None or _torchrun():  # one share of a folder per process, then one manifest
+        from organseg.infer.shard import parse_shard, segment_share
+        from organseg.training.distributed import session
+
+        parts = parse_shard(shard) if shard is not None else None
+        with session(device) as dist_ctx:
+            result = segment_share(
+                input_path, output_path, shard=parts, ctx=dist_ctx, device=str(dist_ctx.device), **common
+            )
+    else:
+        result = segment(input_path, output_path, device=device, skip_existing=skip_existing, **common)
     summary = getattr(result, "summary", None)
     click.echo(summary() if callable(summary) else f"wrote {output_path}")
     if report_path is not None:

@@ -125,3 +125,55 @@ def write_combined(output: Path, cases: Sequence[tuple[str, Path, Path]], shards
     path = Path(output) / COMBINED
     io.atomic_write_json(path, combined_manifest(cases, shards), overwrite=True)
     return path
+
+
+def segment_share(
+    input: str | Path,
+    output: str | Path,
+    *,
+    shard: tuple[int, int] | None = None,
+    ctx=None,
+    **segment_kwargs,
+):
+    """``segment`` for this process's share of a folder of CTs, then the combined manifest.
+
+    Args:
+        input: a folder of CT files.
+        output: the mask folder (``<output>/<case>.nii.gz`` + ``<case>.run.json``).
+        shard: ``(K, N)`` for independent jobs (``--shard K/N``); ``None`` under ``torchrun``.
+        ctx: the ``training.distributed.DistContext`` of a ``torchrun`` job (rank K of N); its ranks
+            meet at a barrier once all are done and rank 0 writes ``batch_manifest.json``.
+        segment_kwargs: passed to ``segment`` (``skip_existing`` is always on: reruns resume).
+
+    Returns:
+        ``segment``'s ``SegmentResult`` for this share.
+    """
+    from organseg.infer import _case_name, _list_cases, outputs, segment
+
+    launched = ctx is not None and ctx.distributed
+    if launched and shard is not None:
+        raise ConfigError("--shard: not under torchrun, which already splits the cases over its processes")
+    k, n = (ctx.rank, ctx.world_size) if launched else shard or (0, 1)
+    inputs, batch = _list_cases(Path(input))
+    if not batch:
+        if launched and ctx.rank != 0:
+            raise SystemExit(ConfigError.exit_code)  # rank 0 says why, once
+        raise ConfigError(
+            f"{input}: only a folder of CT files can be split over processes; run one case as one process"
+        )
+    segment_kwargs["skip_existing"] = True
+    result = segment(input, output, shard=(k, n), **segment_kwargs)
+    output = Path(output)
+    cases = []
+    for path in inputs:
+        stem = outputs.stem_of(output / f"{_case_name(path)}.nii.gz")
+        cases.append((_case_name(path), path, stem.with_name(f"{stem.name}.run.json")))
+    if launched:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if ctx.is_main:
+            write_combined(output, cases, n)
+    elif all(is_done(m) for _, _, m in cases):
+        write_combined(output, cases, n)  # the last share to finish sees every case done
+    return result
