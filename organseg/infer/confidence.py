@@ -68,12 +68,21 @@ class GridSummary:
 
     margin_sum: np.ndarray
     count: np.ndarray
+    prob_inside: np.ndarray  # sum of p(c) over the voxels whose argmax is c
+    prob_total: np.ndarray  # sum of p(c) over all voxels
     index_sum: np.ndarray  # (C, 3) sums of (i, j, k)
     si_min: np.ndarray
     si_max: np.ndarray
     si_axis: int
     shape: tuple[int, int, int]
     affine: np.ndarray
+
+    def expected_dice(self, cid: int) -> float:
+        """Dice between the argmax mask and the soft probabilities of class ``cid``: the Dice the model
+        itself expects if its probabilities are calibrated (low when much probability lies outside the
+        mask or the mask holds hesitant voxels)."""
+        denominator = self.prob_total[cid] + self.count[cid]
+        return float(2 * self.prob_inside[cid] / denominator) if denominator else 0.0
 
     def centroid_mm(self, cid: int) -> np.ndarray:
         """World RAS+ centroid (mm) of class ``cid``'s argmax voxels."""
@@ -99,6 +108,8 @@ def summarize_probabilities(probs: torch.Tensor, affine: np.ndarray) -> GridSumm
     si_axis = int(np.argmax(np.abs(np.asarray(affine)[2, :3])))
     margin_sum = np.zeros(n_classes)
     count = np.zeros(n_classes, dtype=np.int64)
+    prob_inside = np.zeros(n_classes)
+    prob_total = np.zeros(n_classes)
     index_sum = np.zeros((n_classes, 3))
     si_min = np.full(n_classes, np.iinfo(np.int64).max)
     si_max = np.full(n_classes, -1)
@@ -112,6 +123,10 @@ def summarize_probabilities(probs: torch.Tensor, affine: np.ndarray) -> GridSumm
             flat, weights=(top2[0] - top2[1]).reshape(-1).double(), minlength=n_classes
         ).numpy()[:n_classes]
         count += torch.bincount(flat, minlength=n_classes).numpy()[:n_classes]
+        prob_inside += torch.bincount(
+            flat, weights=top2[0].reshape(-1).double(), minlength=n_classes
+        ).numpy()[:n_classes]
+        prob_total += block.double().sum(dim=(1, 2, 3)).numpy()
         ii, jj, kk = torch.meshgrid(grids[0][a : a + 16], grids[1], grids[2], indexing="ij")
         for axis, coord in enumerate((ii, jj, kk)):
             index_sum[:, axis] += torch.bincount(
@@ -124,7 +139,18 @@ def summarize_probabilities(probs: torch.Tensor, affine: np.ndarray) -> GridSumm
             values = si[label == c]
             si_min[c] = min(si_min[c], int(values.min()))
             si_max[c] = max(si_max[c], int(values.max()))
-    return GridSummary(margin_sum, count, index_sum, si_min, si_max, si_axis, shape, np.asarray(affine))
+    return GridSummary(
+        margin_sum,
+        count,
+        prob_inside,
+        prob_total,
+        index_sum,
+        si_min,
+        si_max,
+        si_axis,
+        shape,
+        np.asarray(affine),
+    )
 
 
 def _volume_factor(organ: str, volume_ml: float, cut_off: bool) -> tuple[float, str | None]:
@@ -188,6 +214,7 @@ def organ_confidence(
         out[organ] = {
             "score": round(score, 3),
             "margin": round(margin, 3),
+            "expected_dice": round(summary.expected_dice(cid), 3),
             "volume_ok": v_reason is None,
             "side_ok": side_ok,
             "cut_off": cut_off,

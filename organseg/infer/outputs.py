@@ -107,7 +107,7 @@ def write_stats(stats: Mapping[str, dict], path: str | Path, overwrite: bool, ca
         cols = ["case", "organ", "voxels", "volume_ml", "hu_mean", "hu_sd"]
         cols += [f"bbox_voxel_{e}_{a}" for e in ("min", "max") for a in "ijk"]
         cols += [f"bbox_mm_{e}_{a}" for e in ("min", "max") for a in "xyz"]
-        cols += [f"centroid_mm_{a}" for a in "xyz"]
+        cols += [f"centroid_mm_{a}" for a in "xyz"] + ["confidence"]
         buf = _io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         writer.writeheader()
@@ -120,6 +120,7 @@ def write_stats(stats: Mapping[str, dict], path: str | Path, overwrite: bool, ca
                         row[f"{key}_{end}_{a}"] = s[key][end][n] if s[key] else ""
             for n, a in enumerate("xyz"):
                 row[f"centroid_mm_{a}"] = s["centroid_mm"][n] if s["centroid_mm"] else ""
+            row["confidence"] = (s.get("confidence") or {}).get("score")
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         io.atomic_write_text(path, buf.getvalue(), overwrite=overwrite)
     else:
