@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
+from organseg.cli import main
 from organseg.config import config_from_dict, config_to_dict, load_config
 from organseg.errors import ConfigError, InputError
 from organseg.phantom.labelmaps import render_label_map
@@ -57,11 +58,9 @@ def centroid_world(label, value: int) -> np.ndarray:
     return label.affine[:3, :3] @ idx + label.affine[:3, 3]
 
 
-def test_the_real_map_has_the_liver_at_plus_x_in_ras():
+def test_the_real_map_has_the_liver_at_plus_x_in_ras(small_map):
     """RAS+: +x is the patient's right, so the liver (id 5) lies at larger x than the spleen (id 1)."""
-    if not S0011.exists():
-        pytest.skip("real label map not found")
-    src = read_label_map(S0011, CLASSES, ORGANS)
+    src = read_label_map(small_map[0], small_map[1], ORGANS)
     liver, spleen = src.boxes_mm[5], src.boxes_mm[1]
     assert (liver[0][0] + liver[1][0]) / 2 > 0 > (spleen[0][0] + spleen[1][0]) / 2
 
@@ -159,14 +158,15 @@ def _break(kind: str, folder: Path, multi: Path) -> tuple[list[str], str, str]:
 @pytest.mark.parametrize(
     "kind", ["missing", "empty", "non-binary", "grid", "overlap", "unknown", "no-classes"]
 )
-def test_bad_label_maps_are_one_line_errors_and_nothing_is_written(small_map, tmp_path, kind):
+def test_bad_label_maps_are_one_line_errors_and_nothing_is_written(small_map, tmp_path, kind, capsys):
     folder = tmp_path / "masks"
     shutil.copytree(small_map[2], folder)
     args, where, problem = _break(kind, folder, small_map[0])
     out = tmp_path / "out"
-    done = organseg("synth", "--from-labels", *args, "--out", str(out), "-n", "1")
-    assert done.returncode == InputError.exit_code
-    lines = done.stderr.strip().splitlines()
+    with pytest.raises(SystemExit) as exit_info:  # the CLI's entry point, in process (fast)
+        main(["synth", "--from-labels", *args, "--out", str(out), "-n", "1"])
+    assert exit_info.value.code == InputError.exit_code
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"organseg: error: {where}: ") and problem in lines[0]
     assert not out.exists()
 
@@ -239,3 +239,17 @@ def test_bad_label_map_settings_fail_before_training(small_map, tmp_path):
             progress=False,
             num_threads=1,
         )
+
+
+def test_without_label_maps_the_pool_makes_exactly_the_phantoms_it_made_before(small_map):
+    """Default settings (no label maps) leave the phantom path untouched, byte for byte."""
+    from organseg import phantom
+    from organseg.training import data as D
+
+    cfg = mix_config(small_map, label_maps=[], label_map_classes="", label_map_fraction=0.0)
+    got = D.generate_phantom(44, cfg)
+    image, label = phantom.generate_case(
+        44, spacing_mm=(6.0, 6.0, 6.0), labels=cfg.labels, perirenal_fat=False, phase="random"
+    )
+    assert got["name"] == "phantom_44"
+    assert np.array_equal(got["image"].array, image.array) and np.array_equal(got["label"].array, label.array)

@@ -173,7 +173,14 @@ def _shell(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def _body(fg: np.ndarray, grid: Grid, rng: np.random.Generator, field: np.ndarray) -> tuple[np.ndarray, ...]:
+def _smooth(rng: np.random.Generator, grid: Grid, step_mm: float) -> np.ndarray:
+    """A smooth random field (about unit variance) on ``grid``, B-spline lattice ``step_mm`` apart."""
+    local = Grid((0.0, 0.0, 0.0), grid.spacing_mm, grid.shape)
+    extent = np.array(grid.spacing_mm) * (np.array(grid.shape) - 1)
+    return SmoothField.random(rng, (0, 0, 0), extent, step_mm)(local.full())
+
+
+def _body(fg: np.ndarray, grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Cavity, muscle wall, subcutaneous fat and skin masks around the labelled structures (per slice)."""
     from skimage.morphology import convex_hull_image
 
@@ -182,8 +189,10 @@ def _body(fg: np.ndarray, grid: Grid, rng: np.random.Generator, field: np.ndarra
         hull[:, :, k] = convex_hull_image(fg[:, :, k])
     # distance in-plane only: a huge z sampling keeps every slice's nearest hull voxel in that slice
     dist = ndimage.distance_transform_edt(~hull, sampling=(*grid.spacing_mm[:2], 1e6)).astype(np.float32)
-    gap, wall = rng.uniform(2, 10), rng.uniform(4, 15)
-    fat = np.float32(np.exp(rng.uniform(np.log(5), np.log(45)))) * np.clip(1 + 0.4 * field, 0.3, None)
+    gap, wall = rng.uniform(0, 6), rng.uniform(4, 15)
+    # subcutaneous fat varies slowly around the body (thicker flanks or belly), never to nothing
+    varying = np.clip(1 + rng.uniform(0.1, 0.35) * _smooth(rng, grid, rng.uniform(80, 140)), 0.4, None)
+    fat = np.float32(np.exp(rng.uniform(np.log(5), np.log(45)))) * varying
     skin = max(1.5, 0.6 * min(grid.spacing_mm[:2]))
     cavity = hull | (dist <= gap)
     muscle = ~cavity & (dist <= gap + wall)
@@ -198,6 +207,25 @@ def _body(fg: np.ndarray, grid: Grid, rng: np.random.Generator, field: np.ndarra
     )
 
 
+def _table(tissue: np.ndarray, body: np.ndarray, grid: Grid, rng: np.random.Generator) -> bool:
+    """A patient table under the back (world -y), in place: a dense shell over foam, where it fits the grid."""
+    rows = np.flatnonzero(body.any(axis=(0, 2)))
+    if rows.size == 0 or rng.random() < 0.35:
+        return False
+    y = grid.axis(1)
+    top = y[rows[0]] - rng.uniform(0, 6)
+    shell_mm, foam_mm = rng.uniform(2, 6), rng.uniform(20, 50)
+    x = grid.axis(0)
+    centre = x[np.flatnonzero(body.any(axis=(1, 2)))].mean()
+    across = (np.abs(x - centre) <= rng.uniform(180, 260))[:, None, None]
+    shell = ((y <= top) & (y > top - shell_mm))[None, :, None]
+    foam = ((y <= top - shell_mm) & (y > top - shell_mm - foam_mm))[None, :, None]
+    air = tissue == T.AIR
+    tissue[air & across & shell] = T.TABLE_SHELL
+    tissue[air & across & foam] = T.TABLE_FOAM
+    return True
+
+
 def _tissues(
     classes: np.ndarray, names: dict[int, str], grid: Grid, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict]:
@@ -208,11 +236,8 @@ def _tissues(
     kind = kind_lut[classes]
     tissue_lut = np.array([KIND_TISSUES[k] for k in KINDS], np.uint8)
     tissue = tissue_lut[kind]
-    extent = np.array(grid.spacing_mm) * (np.array(grid.shape) - 1)
-    field = SmoothField.random(rng, (0, 0, 0), extent, rng.uniform(20, 40))(
-        Grid((0.0, 0.0, 0.0), grid.spacing_mm, grid.shape).full()
-    )
-    cavity, muscle, subcut, skin, info = _body(classes > 0, grid, rng, field)
+    field = _smooth(rng, grid, rng.uniform(20, 40))
+    cavity, muscle, subcut, skin, info = _body(classes > 0, grid, rng)
     empty = classes == 0
     soft_share = rng.uniform(0.1, 0.5)  # mesentery, bowel loops and vessels the map does not name
     strands = field > np.quantile(field, 1 - soft_share)
@@ -235,6 +260,7 @@ def _tissues(
     content = rng.choice([T.BOWEL_CONTENT, T.STOMACH_CONTENT, T.GAS], p=[0.5, 0.3, 0.2])
     tissue[gut] = content
     tissue[gut & (field > rng.uniform(0.3, 1.2))] = T.GAS
+    info["table"] = _table(tissue, cavity | muscle | subcut | skin, grid, rng)
     info["visceral_soft_share"] = round(float(soft_share), 2)
     return tissue, info
 
