@@ -499,6 +499,15 @@ def models(runs_dir: Path) -> None:
         click.echo(line)
 
 
+def _register_ink() -> None:
+    """``organseg ink ...``: the ink task's command group lives in organseg/ink/commands.py (why: see there)."""
+    from organseg.ink.commands import ink
+
+    cli.add_command(ink)
+
+
+_register_ink()
+
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
