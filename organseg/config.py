@@ -25,64 +25,10 @@ import yaml
 
 from organseg.errors import ConfigError
 
-#: The organs organseg segments, spelled as TotalSegmentator spells them.
-ORGANS: tuple[str, ...] = ("liver", "kidney_right", "kidney_left", "spleen")
-
-#: One fixed colour (RGB, 0-255) per organ, shared by the label sidecar, the renderer and previews.
-DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {
-    "background": (0, 0, 0),
-    "liver": (221, 130, 101),
-    "kidney_right": (70, 130, 230),
-    "kidney_left": (90, 200, 110),
-    "spleen": (157, 108, 162),
-}
-#: Colour for a label value that the label map does not know (rendered with a warning).
-UNKNOWN_COLOR: tuple[int, int, int] = (160, 160, 160)
-
-#: Label ids of other label conventions, mapped to organ names (ids not listed are background).
-LABEL_PRESETS: dict[str, dict[int, str]] = {
-    "totalsegmentator": {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"},
-    "flare22": {1: "liver", 2: "kidney_right", 3: "spleen", 13: "kidney_left"},
-    "organseg": {1: "liver", 2: "kidney_right", 3: "kidney_left", 4: "spleen"},
-}
+# Label maps live in organseg.labels; these names are re-exported for the modules that know them from here.
+from organseg.labels import DEFAULT_COLORS, LABEL_PRESETS, ORGANS, UNKNOWN_COLOR, LabelMap  # noqa: F401
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """Label values and names: ``names[i]`` is the name of label value ``i``; ``names[0]`` is background."""
-
-    names: tuple[str, ...] = ("background",) + ORGANS
-
-    @property
-    def num_classes(self) -> int:
-        """Softmax channels: background plus one per organ."""
-        return len(self.names)
-
-    @property
-    def organs(self) -> tuple[str, ...]:
-        return self.names[1:]
-
-    def id_of(self, name: str) -> int:
-        return self.names.index(name)
-
-    def color_of(self, name: str) -> tuple[int, int, int]:
-        return DEFAULT_COLORS.get(name, UNKNOWN_COLOR)
-
-    @property
-    def lr_swap_pairs(self) -> tuple[tuple[int, int], ...]:
-        """Pairs of label ids that trade places under a left-right mirror (``*_right`` <-> ``*_left``)."""
-        pairs = []
-        for i, name in enumerate(self.names):
-            if name.endswith("_right"):
-                other = name[: -len("_right")] + "_left"
-                if other in self.names:
-                    pairs.append((i, self.names.index(other)))
-        return tuple(pairs)
-
-    def to_dict(self) -> dict[int, str]:
-        return {i: n for i, n in enumerate(self.names)}
 
 
 @dataclass(frozen=True)

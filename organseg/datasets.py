@@ -9,9 +9,10 @@ Four layouts are found on disk (``find_cases``):
   combined into one label map, or a multilabel ``<case>/seg*.nii.gz`` with TotalSegmentator ids.
 - ``plain``: ``images/<name>`` and ``labels/<name>`` with matching names.
 
-Label values of a dataset are mapped to ``cfg.labels`` ids by ``remap_labels``: ``cfg.data.label_map`` first,
-then ``cfg.data.label_preset``, then names declared by the dataset itself, else the values are taken as
-organseg ids. Unmapped values become background.
+Label values of a dataset are mapped to ``cfg.labels`` ids by ``label_mapping`` and ``labels.remap_labels``:
+``cfg.data.label_map`` first, then ``cfg.data.label_preset``, then names declared by the dataset itself, else
+the values are taken as organseg ids. Unmapped values become background; values the mapping does not name
+follow ``organseg.labels``' policy (reported here, refused by training).
 
 ``load_dataset`` checks every case cheaply (grids from headers only) and reports problems per case
 instead of crashing; it raises ``InputError`` only when no usable image/label pair is left.
@@ -34,9 +35,18 @@ from pathlib import Path
 import numpy as np
 
 from organseg import io
-from organseg.config import LABEL_PRESETS, Config
+from organseg.config import Config
 from organseg.errors import ConfigError, InputError
 from organseg.geometry import resample_to_grid, same_voxel_centres
+from organseg.labels import (
+    LABEL_PRESETS,
+    describe_unexpected,
+    mapping_from_names,
+    parse_label_map,
+    present_values,
+    remap_labels,
+    unexpected_label_values,
+)
 
 LAYOUTS = ("msd", "flare22", "totalsegmentator", "plain")
 _LOOKED_FOR = (
@@ -272,47 +282,28 @@ def label_mapping(cfg: Config, names: Mapping[int, str] | Sequence[tuple[int, st
 
     Priority: ``cfg.data.label_map`` (explicit), ``cfg.data.label_preset``, ``names`` declared by the
     dataset (matched to ``cfg.labels`` by name: ``Liver``, ``right kidney``, ``kidney_R`` all work), else
-    the identity on ``cfg.labels`` ids.
+    the identity on ``cfg.labels`` ids. The parsing and matching are ``organseg.labels``'.
     """
     labels = cfg.labels
     if cfg.data.label_map:
-        return {int(v): labels.id_of(n) for v, n in cfg.data.label_map.items()}
+        return parse_label_map(cfg.data.label_map, labels, "data.label_map")
     if cfg.data.label_preset:
-        preset = LABEL_PRESETS[cfg.data.label_preset]
-        return {v: labels.id_of(n) for v, n in preset.items() if n in labels.names}
+        return parse_label_map(cfg.data.label_preset, labels, "data.label_preset")
     pairs = dict(names)
     if pairs:
-        mapping = {}
-        for value, name in pairs.items():
-            organ = _organ_name(name)
-            if organ in labels.names:
-                mapping[int(value)] = labels.id_of(organ)
-        return mapping
+        return mapping_from_names(pairs, labels)
     return {i: i for i in range(labels.num_classes)}
 
 
-def _organ_name(name: str) -> str:
-    """Normalize a dataset's label name to organseg spelling: ``'Right Kidney'`` -> ``'kidney_right'``."""
-    name = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    name = re.sub(r"_r$", "_right", re.sub(r"_l$", "_left", name))
-    match = re.fullmatch(r"(right|left)_(.+)", name)
-    return f"{match.group(2)}_{match.group(1)}" if match else name
+def unexpected_values(case: Case, cfg: Config, raw: np.ndarray) -> list[int]:
+    """Values of a case's raw label file that its mapping does not name (``organseg.labels``' policy).
 
-
-def remap_labels(
-    label_array: np.ndarray, cfg: Config, names: Mapping[int, str] | Sequence[tuple[int, str]] = ()
-) -> np.ndarray:
-    """Map a dataset's label values to ``cfg.labels`` ids (uint8); unmapped values become background.
-
-    ``label_array`` holds non-negative integers (``io.read_image(..., kind="mask")``). ``names`` are the
-    dataset's own label names (``Case.label_names``), used when the config names no mapping.
+    Under a preset, or in the TotalSegmentator layout (117 structures, 4 of them ours), other values are
+    expected and become background, so none are unexpected.
     """
-    mapping = label_mapping(cfg, names)
-    top = int(label_array.max()) if label_array.size else 0
-    lut = np.zeros(max(top, max(mapping, default=0)) + 1, dtype=np.uint8)
-    for value, organ_id in mapping.items():
-        lut[value] = organ_id
-    return lut[label_array]
+    if cfg.data.label_preset or case.layout == "totalsegmentator":
+        return []
+    return unexpected_label_values(raw, label_mapping(cfg, case.label_names), (v for v, _ in case.label_names))
 
 
 def read_case(case: Case, cfg: Config) -> tuple[io.Volume, io.Volume]:
@@ -346,7 +337,7 @@ def _read_label(case: Case, cfg: Config, image: io.Volume | io.ImageInfo) -> io.
             )
         return io.Volume(combined, np.array(image.affine), str(case.label), getattr(image, "header", None))
     label = _on_grid(io.read_image(case.label, kind="mask"), image)
-    label.array = remap_labels(label.array, cfg, case.label_names)
+    label.array = remap_labels(label.array, label_mapping(cfg, case.label_names), label.source)
     return label
 
 
@@ -432,27 +423,16 @@ def _check_label_values(case: Case, cfg: Config, image: io.ImageInfo) -> list[st
         mapped = _read_label(case, cfg, image).array
     else:
         raw = io.read_image(case.label, kind="mask").array
-        mapping = label_mapping(cfg, case.label_names)
-        # A preset names only the organs it knows (TotalSegmentator has 117 structures): other values are expected.
-        if not cfg.data.label_preset and case.layout != "totalsegmentator":
-            expected = set(mapping) | {0} | {v for v, _ in case.label_names}
-            unexpected = sorted(set(_present_values(raw)) - expected)
-            if unexpected:
-                shown = ", ".join(map(str, unexpected[:10])) + (", ..." if len(unexpected) > 10 else "")
-                notes.append(f"unexpected label values {shown} (mapped to background; set data.label_map?)")
-        mapped = remap_labels(raw, cfg, case.label_names)
-    if not set(_present_values(mapped)) - {0}:
+        unexpected = unexpected_values(case, cfg, raw)
+        if unexpected:
+            notes.append(f"{describe_unexpected(unexpected, cfg.labels)}; training refuses this case")
+        mapped = remap_labels(raw, label_mapping(cfg, case.label_names), str(case.label))
+    if not set(present_values(mapped)) - {0}:
         how = _mapping_name(cfg, case)
         notes.append(
             f"label holds none of the organs ({', '.join(cfg.labels.organs)}) after mapping with {how}"
         )
     return notes
-
-
-def _present_values(array: np.ndarray) -> list[int]:
-    if array.dtype in (np.uint8, np.uint16):
-        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel()))]
-    return [int(v) for v in np.unique(array)]
 
 
 def _mapping_name(cfg: Config, case: Case) -> str:

@@ -10,14 +10,14 @@ both terms. ``class_weights`` is
 - a list with one weight per label value.
 
 Example:
-    >>> counts = label_voxel_counts(label_batch, num_classes=5)
+    >>> counts = labels.label_voxel_counts(label_batch, num_classes=5)
     >>> loss_fn = build_loss(cfg, label_frequencies=counts)
     >>> loss = loss_fn(logits, labels)       # logits (N, C, X, Y, Z), labels (N, 1, X, Y, Z)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,16 +25,6 @@ from monai.losses import DiceFocalLoss, TverskyLoss
 from torch import nn
 
 from organseg.config import Config
-
-
-def label_voxel_counts(labels: Iterable[np.ndarray | torch.Tensor], num_classes: int) -> np.ndarray:
-    """Voxels per label value (index = label id) summed over ``labels``; values >= num_classes are ignored."""
-    counts = np.zeros(num_classes, dtype=np.int64)
-    for lab in labels:
-        arr = lab.detach().cpu().numpy() if isinstance(lab, torch.Tensor) else np.asarray(lab)
-        arr = arr.astype(np.int64, copy=False).ravel()
-        counts += np.bincount(arr[(arr >= 0) & (arr < num_classes)], minlength=num_classes)
-    return counts
 
 
 def class_weights_from_frequencies(frequencies: Sequence[float] | np.ndarray) -> tuple[float, ...]:

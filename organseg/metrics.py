@@ -14,7 +14,7 @@ not overlap at all are an ``InputError`` (different patients, or a wrong file); 
 
 Label ids: the prediction uses ``labels`` (organseg's ids) unless ``pred_map`` says otherwise; the
 reference may use another convention: ``ref_map="totalsegmentator"`` (or ``flare22``, ``organseg``, see
-``config.LABEL_PRESETS``), an explicit ``"5:liver,1:spleen"`` / ``"5:1,1:4"``, or a dict. Ids that the map
+``labels.LABEL_PRESETS``), an explicit ``"5:liver,1:spleen"`` / ``"5:1,1:4"``, or a dict. Ids that the map
 does not name count as background.
 
 Conventions for empty masks (per organ):
@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from organseg import io
-from organseg.config import LABEL_PRESETS, LabelMap
 from organseg.errors import ConfigError, InputError, OutputError
 from organseg.geometry import bounding_box
+from organseg.labels import LABEL_PRESETS, LabelMap, parse_label_map, remap_labels
 
 #: NSD tolerance per organ, in mm, as in the FLARE22 evaluation code.
 NSD_TOLERANCE_MM: dict[str, float] = {"liver": 5.0, "kidney_right": 3.0, "kidney_left": 3.0, "spleen": 3.0}
@@ -70,83 +70,6 @@ _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _NOT_MASKS = ("_probabilities", ".run", ".stats")
 
 VolumeLike = str | Path | io.Volume
-
-
-# --------------------------------------------------------------------------------------- label maps
-
-
-def parse_label_map(
-    spec: str | Mapping | None, labels: LabelMap = LabelMap(), what: str = "ref_map"
-) -> dict[int, int]:
-    """Turn a label-map spec into ``{source id: our id}`` (ids not listed become background).
-
-    Args:
-        spec: ``None`` (the source already uses ``labels``' ids), a preset name from
-            ``config.LABEL_PRESETS`` (``"totalsegmentator"``), a string ``"src:dst,..."`` where ``dst`` is
-            an organ name or one of our ids (``"5:liver,1:spleen"``, ``"5:1,1:4"``), or a dict of the same.
-        labels: our label map (the target ids).
-        what: the option's name, used in error messages.
-
-    Example:
-        >>> parse_label_map("totalsegmentator")
-        {1: 4, 2: 2, 3: 3, 5: 1}
-    """
-    if spec is None:
-        return {i: i for i in range(1, labels.num_classes)}
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text.lower() in LABEL_PRESETS:
-            pairs: dict = dict(LABEL_PRESETS[text.lower()])
-        else:
-            pairs = {}
-            for item in filter(None, (p.strip() for p in text.split(","))):
-                if ":" not in item:
-                    known = ", ".join(LABEL_PRESETS)
-                    raise ConfigError(f"{what}: expected a preset ({known}) or 'src:dst,...', got {spec!r}")
-                src, dst = (s.strip() for s in item.split(":", 1))
-                pairs[src] = dst
-    elif isinstance(spec, Mapping):
-        pairs = dict(spec)
-    else:
-        raise ConfigError(
-            f"{what}: expected a preset name, 'src:dst,...' or a mapping, got {type(spec).__name__}"
-        )
-    if not pairs:
-        raise ConfigError(f"{what}: the label map {spec!r} is empty")
-    out: dict[int, int] = {}
-    for src, dst in pairs.items():
-        try:
-            src_id = int(src)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{what}: source label {src!r} is not an integer") from None
-        if isinstance(dst, str) and not dst.strip().lstrip("-").isdigit():
-            name = dst.strip()
-            if name not in labels.names:
-                raise ConfigError(f"{what}: {name!r} is not one of {', '.join(labels.names)}")
-            dst_id = labels.id_of(name)
-        else:
-            dst_id = int(dst)
-            if not 0 <= dst_id < labels.num_classes:
-                raise ConfigError(f"{what}: target id {dst_id} is outside 0..{labels.num_classes - 1}")
-        out[src_id] = dst_id
-    return out
-
-
-def remap_labels(array: np.ndarray, mapping: Mapping[int, int], source: str = "<mask>") -> np.ndarray:
-    """``array`` with ids replaced by ``mapping`` (unmapped ids -> 0), as uint8."""
-    arr = np.asarray(array)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise InputError(f"{source}: a label mask must hold whole numbers, found fractional values")
-        arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise InputError(f"{source}: a label mask must not hold negative values (found {int(arr.min())})")
-    top = int(arr.max()) if arr.size else 0
-    lut = np.zeros(max(top, max(mapping, default=0)) + 1, dtype=np.uint8)
-    for src, dst in mapping.items():
-        if src >= 0:
-            lut[src] = dst
-    return lut[arr]
 
 
 # --------------------------------------------------------------------------------------- geometry

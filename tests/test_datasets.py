@@ -19,11 +19,12 @@ from organseg.datasets import (
     check_case,
     find_cases,
     kfold_splits,
+    label_mapping,
     load_dataset,
     read_case,
-    remap_labels,
 )
 from organseg.errors import ConfigError, InputError
+from organseg.labels import remap_labels
 
 SHAPE = (12, 10, 8)
 AFFINE = oblique_affine()
@@ -222,6 +223,22 @@ def test_unexpected_values_and_empty_labels_are_reported(tmp_path, cfg):
     assert any(w.startswith("odd: unexpected") for w in report.warnings)
 
 
+def test_one_policy_for_unexpected_values_check_warns_training_refuses(tmp_path, cfg):
+    """The same rule and wording in both places; a preset makes other values expected (background)."""
+    from organseg.training.data import count_case_labels
+
+    save(tmp_path / "images" / "odd.nii.gz", ct())
+    save(tmp_path / "labels" / "odd.nii.gz", np.where(organs_mask() == 4, 9, organs_mask()).astype(np.uint8))
+    (case,) = find_cases(tmp_path)
+    (note,) = [p for p in check_case(case, cfg) if "unexpected" in p]
+    with pytest.raises(InputError, match="unexpected label values 9") as err:
+        count_case_labels([case], cfg)
+    assert note.split(";")[0] in str(err.value) and "odd" in str(err.value)
+    preset = replace_path(cfg, "data.label_preset", "organseg")
+    counts = count_case_labels([case], preset)["odd"]
+    assert counts[4] == 0 and counts[1] == int((organs_mask() == 1).sum())
+
+
 def test_a_ct_given_as_label_is_reported(tmp_path, cfg):
     save(tmp_path / "images" / "a.nii.gz", ct())
     save(tmp_path / "labels" / "a.nii.gz", ct())
@@ -235,13 +252,13 @@ def test_a_ct_given_as_label_is_reported(tmp_path, cfg):
 def test_remap_priority_and_background(cfg):
     source = np.array([[[0, 1, 2, 3, 5, 13, 200]]], dtype=np.uint8)
     with_preset = replace_path(cfg, "data.label_preset", "totalsegmentator")
-    np.testing.assert_array_equal(remap_labels(source, with_preset), [[[0, 4, 2, 3, 1, 0, 0]]])
+    np.testing.assert_array_equal(remap_labels(source, label_mapping(with_preset)), [[[0, 4, 2, 3, 1, 0, 0]]])
     explicit = replace_path(with_preset, "data.label_map", {13: "kidney_left", 200: "liver"})
-    np.testing.assert_array_equal(remap_labels(source, explicit), [[[0, 0, 0, 0, 0, 3, 1]]])
-    identity = remap_labels(source, cfg)
+    np.testing.assert_array_equal(remap_labels(source, label_mapping(explicit)), [[[0, 0, 0, 0, 0, 3, 1]]])
+    identity = remap_labels(source, label_mapping(cfg))
     np.testing.assert_array_equal(identity, [[[0, 1, 2, 3, 0, 0, 0]]])
     assert identity.dtype == np.uint8
-    named = remap_labels(source, cfg, names={2: "Spleen", 13: "left_kidney"})
+    named = remap_labels(source, label_mapping(cfg, names={2: "Spleen", 13: "left_kidney"}))
     np.testing.assert_array_equal(named, [[[0, 0, 4, 0, 0, 3, 0]]])
 
 

@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from organseg.config import config_from_dict, config_to_dict, load_config
-from organseg.losses import (
-    build_loss,
-    class_weights_from_frequencies,
-    label_voxel_counts,
-    resolve_class_weights,
-)
+from organseg.labels import label_voxel_counts
+from organseg.losses import build_loss, class_weights_from_frequencies, resolve_class_weights
 
 
 def cfg_with(**loss):

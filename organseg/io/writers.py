@@ -13,7 +13,7 @@ from organseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text
 from organseg.io.volume import Volume, is_nifti, strip_image_suffix
 
 if TYPE_CHECKING:
-    from organseg.config import LabelMap
+    from organseg.labels import LabelMap
 
 
 def _nifti_like(array: np.ndarray, like: Volume) -> nib.Nifti1Image:

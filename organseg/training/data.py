@@ -26,7 +26,7 @@ from monai.transforms import Compose
 from organseg import transforms as T
 from organseg.config import Config
 from organseg.errors import ConfigError, InputError
-from organseg.losses import label_voxel_counts
+from organseg.labels import describe_unexpected, label_voxel_counts, remap_labels
 
 
 def seed_for(*parts: int) -> int:
@@ -170,7 +170,7 @@ def count_case_labels(
     preset, other values are expected (TotalSegmentator has 117 structures) and become background.
     """
     from organseg import io
-    from organseg.datasets import label_mapping, remap_labels
+    from organseg.datasets import label_mapping, unexpected_values
 
     counts = dict(known or {})
     n = cfg.labels.num_classes
@@ -189,18 +189,11 @@ def count_case_labels(
             counts[case.name] = total.tolist()
             continue
         raw = io.read_image(case.label, kind="mask").array
-        mapping = label_mapping(cfg, case.label_names)
-        if not cfg.data.label_preset:
-            known_values = set(mapping) | {0} | {int(v) for v, _ in case.label_names}
-            present = np.flatnonzero(np.bincount(raw.ravel().astype(np.int64)))
-            unknown = sorted(int(v) for v in present if int(v) not in known_values)
-            if unknown:
-                raise InputError(
-                    f"{case.label}: case {case.name}: label values {unknown} are not in the label map "
-                    f"({', '.join(f'{i} {name}' for i, name in enumerate(cfg.labels.names))}); "
-                    "set data.label_map or data.label_preset"
-                )
-        counts[case.name] = label_voxel_counts([remap_labels(raw, cfg, case.label_names)], n).tolist()
+        unknown = unexpected_values(case, cfg, raw)
+        if unknown:
+            raise InputError(f"{case.label}: case {case.name}: {describe_unexpected(unknown, cfg.labels)}")
+        mapped = remap_labels(raw, label_mapping(cfg, case.label_names), str(case.label))
+        counts[case.name] = label_voxel_counts([mapped], n).tolist()
     return counts
 
 
