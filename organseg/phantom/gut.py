@@ -51,15 +51,19 @@ def sample_gut(rng: np.random.Generator, sk, body, dome) -> Gut:
     u = rng.uniform
     z_l1, z_l2, z_l3, z_s1 = sk.z("L1"), sk.z("L2"), sk.z("L3"), sk.z("S1")
     distension = u(0.6, 1.25)
+    # between the liver and the spleen, in front of the spleen: real stomachs' centroids lie ~80-90 mm anterior
+    # to the spleen's and ~110 mm in front of the spine (TotalSegmentator maps; bench_anatomy.py)
     stomach = np.array(
         [
-            [-u(40, 65), u(-5, 20), dome.left_peak[2] - u(22, 35), u(28, 42) * distension],
-            [-u(55, 75), u(25, 50), sk.z("T12") + u(-10, 10), u(25, 38) * distension],
-            [-u(35, 55), u(50, 70), z_l1 + u(-15, 10), u(22, 32) * distension],
-            [-u(0, 20), u(55, 75), z_l1 + u(-25, 0), u(15, 24) * distension],
-            [u(15, 32), u(35, 55), z_l1 + u(-15, 10), u(8, 12)],
+            [-u(40, 65), u(25, 50), dome.left_peak[2] - u(22, 35), u(28, 42) * distension],
+            [-u(45, 65), u(70, 100), sk.z("T12") + u(-10, 10), u(25, 38) * distension],
+            [-u(25, 45), u(85, 110), z_l1 + u(-15, 10), u(22, 32) * distension],
+            [-u(0, 20), u(75, 100), z_l1 + u(-25, 0), u(15, 24) * distension],
+            [u(15, 32), u(40, 60), z_l1 + u(-15, 10), u(8, 12)],
         ]
     )
+    for point in stomach[1:4]:  # inside the anterior wall however thin the patient
+        point[1] = min(point[1], body.wall_point(point[2], 180, 1.0)[1] - 0.6 * point[3])
     y_lo, y_hi = (stomach[:, 1] - stomach[:, 3]).min(), (stomach[:, 1] + stomach[:, 3]).max()
     duodenum = np.array(
         [

@@ -213,12 +213,12 @@ def sample_spleen(rng, sk, body, dome) -> Organ:
     shape = {
         "a": rng.uniform(18, 26),
         "b": rng.uniform(38, 52),
-        "c": rng.uniform(50, 68),
+        "c": rng.uniform(40, 56),
         "bend": rng.uniform(0.15, 0.45),
     }
     volume = float(np.exp(rng.uniform(np.log(95), np.log(440)))) * SPLEEN_LOSS
-    phi = rng.uniform(60, 95)  # around the posterior axillary line
-    tilt = rng.uniform(20, 45)
+    phi = rng.uniform(66, 96)  # around the posterior axillary line
+    tilt = rng.uniform(30, 55)  # its long axis follows ribs 9-11: real spleens span ~80-90 mm head-foot
     inward = np.array([np.sin(np.deg2rad(phi)), np.cos(np.deg2rad(phi))])
     axes = rotation(rx_deg=tilt, rz_deg=np.rad2deg(np.arctan2(inward[1], inward[0])))
     depth = rng.uniform(0.85, 1.0)
@@ -240,16 +240,16 @@ def sample_spleen(rng, sk, body, dome) -> Organ:
 
 
 def sample_kidneys(rng, sk, body, spleen: Organ, muscles: dict) -> dict[str, Organ]:
-    # hilum at L1-L2, and the left upper pole below the spleen's hilum
-    z_left = min(sk.z("L1") + rng.uniform(-30, 0), spleen.center[2] - rng.uniform(15, 40))
-    z_left = max(z_left, sk.z("L2") - 5)
-    z_right = max(z_left - rng.uniform(0, 28), 0.5 * (sk.z("L2") + sk.z("L3")))
+    # hilum at L1-L2, the left kidney's centre 42-60 mm below the spleen's (real label maps: 44-52 mm), the
+    # right kidney 20-50 mm lower than the left (the liver above it); poles near T12 and L3 (bench_anatomy.py)
+    z_left = float(np.clip(spleen.center[2] - rng.uniform(42, 60), sk.z("L2") - 5, sk.z("L1") - 4))
+    z_right = float(np.clip(z_left - rng.uniform(20, 50), 0.5 * (sk.z("L2") + sk.z("L3")), sk.z("L2") + 5))
     out = {}
     for side, z in ((1.0, z_right), (-1.0, z_left)):
         shape = {
-            "a": rng.uniform(24, 30),
-            "b": rng.uniform(19, 24),
-            "c": rng.uniform(50, 60),
+            "a": rng.uniform(26, 32),
+            "b": rng.uniform(22, 28),
+            "c": rng.uniform(40, 48),  # real kidneys: 95-110 mm long (TotalSegmentator maps)
             "bend": rng.uniform(0.1, 0.25),
         }
         shape.update(

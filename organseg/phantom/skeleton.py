@@ -63,9 +63,10 @@ class Skeleton:
 def sample_skeleton(rng: np.random.Generator) -> Skeleton:
     n_t, n_l = 7, 5
     scale = rng.uniform(0.9, 1.1)
-    height = np.concatenate([np.linspace(17, 23, n_t), np.linspace(25, 28, n_l), [30]]) * scale
+    # T6-T12 centroids 25-31 mm apart, L1-L5 31-37 mm (TotalSegmentator maps; bench_anatomy.py)
+    height = np.concatenate([np.linspace(18.5, 24.5, n_t), np.linspace(26, 29, n_l), [30]]) * scale
     height *= rng.uniform(0.96, 1.04, size=height.shape)
-    disc = np.concatenate([np.linspace(4, 6, n_t), np.linspace(8, 12, n_l), [0]]) * scale
+    disc = np.concatenate([np.linspace(4.5, 6.5, n_t), np.linspace(8, 12, n_l), [0]]) * scale
     # centres: L1 at z = 0, levels stacked upward and downward with the disc below each level
     z = np.zeros(len(LEVELS))
     i1 = LEVELS.index("L1")

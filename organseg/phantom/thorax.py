@@ -65,14 +65,16 @@ class Thorax:
 def sample_dome(rng: np.random.Generator, sk, body) -> Dome:
     """Peaks near T9-T10 (right) and 1-2 cm lower (left); recess depths (mm) set at the body wall."""
     u = rng.uniform
-    z_right = sk.z("T10") + u(-10, 30)  # breath-hold depth moves the dome several cm
+    # breath-hold depth moves the dome several cm; the right dome's peak sits near T9-T10 on CT (inspiration),
+    # so the liver's top lies ~105-120 mm above the right kidney's (bench_anatomy.py: real label maps)
+    z_right = sk.z("T10") + u(5, 40)
     right = np.array([u(40, 70), u(0, 30), z_right])
     side = body.inner_half_width(z_right - 40) - right[0]
     front = body.wall_point(z_right - 40, 180, 1.0)[1] - right[1]
     back = right[1] + 90  # the posterior recess bottoms out at the back wall, ~9 cm behind the spine
     return Dome(
         right_peak=right,
-        left_peak=np.array([-u(40, 70), u(-5, 25), z_right - u(8, 25)]),
+        left_peak=np.array([-u(40, 70), u(-5, 25), z_right - u(10, 30)]),
         # the central tendon under the heart: a lower, more anterior peak between the two domes
         center_peak=np.array([-u(0, 20), u(35, 60), z_right - u(15, 30)]),
         k_side=float(u(25, 50) / max(side, 30) ** 2),
