@@ -34,15 +34,40 @@ SLICE_MARGIN_MM = 25.0
 PLANES: dict[str, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
+#: Lights fixed to the patient (RAS+ directions, weights): a key light from the front, above and to the
+#: patient's right, and a weaker fill from behind, so the posterior side is not black when turned.
+LIGHTS: tuple[tuple[tuple[float, float, float], float], ...] = (
+    ((0.35, 1.0, 0.6), 0.65),
+    ((-0.3, -1.0, 0.2), 0.3),
+)
+_AMBIENT = 0.35
+
+
+def shade(normals: np.ndarray) -> np.ndarray:
+    """Lambert shading (0..1) of unit vertex normals under ``LIGHTS``, plus ambient.
+
+    The shading is baked into the vertex colours instead of left to plotly's WebGL lights, whose
+    result differs between GPU and software renderers (a hard terminator in headless Chromium).
+    """
+    value = np.full(len(normals), _AMBIENT)
+    for direction, weight in LIGHTS:
+        d = np.asarray(direction) / np.linalg.norm(direction)
+        value += weight * np.clip(normals @ d, 0, None)
+    return np.clip(value, 0, 1)
+
+
 def organ_figure(meshes: Mapping, colors: Mapping[str, tuple[int, int, int]]):
-    """A plotly figure holding ``meshes`` (name -> ``pyvista.PolyData`` in world RAS+ mm)."""
+    """A plotly figure holding ``meshes`` (name -> ``pyvista.PolyData`` in world RAS+ mm, with point
+    normals as ``rendering.build_meshes`` makes them)."""
     import plotly.graph_objects as go
 
     traces = []
     for name, mesh in meshes.items():
         faces = np.asarray(mesh.faces).reshape(-1, 4)[:, 1:]  # triangles: [3, a, b, c] per cell
         pts = np.asarray(mesh.points, dtype=np.float32)
+        normals = np.asarray(mesh.point_data["Normals"], dtype=np.float64)
         r, g, b = colors[name]
+        dark = f"rgb({int(r * 0.15)},{int(g * 0.15)},{int(b * 0.15)})"
         traces.append(
             go.Mesh3d(
                 x=pts[:, 0],
@@ -51,18 +76,15 @@ def organ_figure(meshes: Mapping, colors: Mapping[str, tuple[int, int, int]]):
                 i=faces[:, 0].astype(np.int32),
                 j=faces[:, 1].astype(np.int32),
                 k=faces[:, 2].astype(np.int32),
-                color=f"rgb({r},{g},{b})",
+                intensity=shade(normals).astype(np.float32),
+                colorscale=[[0.0, dark], [1.0, f"rgb({r},{g},{b})"]],
+                cmin=0.0,
+                cmax=1.0,
+                showscale=False,
                 name=name.replace("_", " "),
                 showlegend=True,
                 flatshading=False,
-                lighting={
-                    "ambient": 0.35,
-                    "diffuse": 0.8,
-                    "specular": 0.25,
-                    "roughness": 0.5,
-                    "fresnel": 0.1,
-                },
-                lightposition={"x": 0, "y": 10000, "z": 10000},
+                lighting={"ambient": 1.0, "diffuse": 0.0, "specular": 0.0, "fresnel": 0.0},
                 hovertemplate=f"{name}<br>x %{{x:.0f}} y %{{y:.0f}} z %{{z:.0f}} mm (RAS)<extra></extra>",
             )
         )
@@ -77,7 +99,7 @@ def organ_figure(meshes: Mapping, colors: Mapping[str, tuple[int, int, int]]):
             # Anterior view: eye on +y, head up. Looking along -y with +z up puts +x (patient's right)
             # on the viewer's left.
             "camera": {
-                "eye": {"x": 0.0, "y": 1.25, "z": 0.0},
+                "eye": {"x": 0.0, "y": 0.9, "z": 0.0},
                 "up": {"x": 0, "y": 0, "z": 1},
                 "projection": {"type": "orthographic"},
             },
