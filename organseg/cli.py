@@ -445,14 +445,15 @@ def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | N
 
 
 @cli.command(
-    epilog="\b\nExample:\n  organseg export --model runs/demo/fold_0/checkpoint_best.pt --output demo.safetensors"
+    epilog="\b\nExamples:\n  organseg export --model runs/demo/fold_0/checkpoint_best.pt --output demo.safetensors"
+    "\n  organseg export --bundle organseg_bundle --model builtin"
 )
 @click.option(
     "--model",
     "checkpoint",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="A .pt checkpoint, fold or run folder.",
+    help="A .pt checkpoint, fold or run folder ('builtin' or none with --bundle: the built-in model).",
 )
 @click.option(
     "--fold", type=int, default=None, help="Fold of a run folder (default: the only or first fold)."
@@ -460,20 +461,46 @@ def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | N
 @click.option(
     "--output",
     "output_path",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help="The .safetensors file to write.",
+)
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Write a MONAI bundle folder instead (runs with MONAI alone; see its docs/README.md).",
 )
 @click.option(
     "--half", is_flag=True, help="Store the weights as float16 (half the size; loaded back as float32)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def export(checkpoint: Path, fold: int | None, output_path: Path, half: bool, overwrite: bool) -> None:
-    """Export a trained model as pickle-free safetensors (weights + config), for sharing or shipping."""
+def export(
+    checkpoint: Path | None,
+    fold: int | None,
+    output_path: Path | None,
+    bundle_dir: Path | None,
+    half: bool,
+    overwrite: bool,
+) -> None:
+    """Export a trained model as pickle-free safetensors (weights + config), or as a MONAI bundle."""
     from organseg.checkpoint import export_safetensors
     from organseg.io import check_writable
     from organseg.modelstore import resolve_model_files
 
+    if (output_path is None) == (bundle_dir is None):
+        raise ConfigError("export: give either --output FILE.safetensors or --bundle DIR")
+    if bundle_dir is not None:
+        from organseg.bundle import export_bundle
+
+        if half:
+            raise ConfigError("--half: applies to --output .safetensors, not to a bundle")
+        model = None if checkpoint is None or str(checkpoint) == "builtin" else checkpoint
+        click.echo(f"wrote MONAI bundle {export_bundle(bundle_dir, model, fold=fold, overwrite=overwrite)}")
+        return
+    if checkpoint is None:
+        raise ConfigError("--model: required with --output")
     if output_path.suffix != ".safetensors":
         raise ConfigError(f"{output_path}: the output must end in .safetensors")
     check_writable(output_path, overwrite=overwrite)
