@@ -166,8 +166,8 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _case_name(image: Path) -> str:
-    stem = io.strip_image_suffix(image.name)
-    return stem[: -len("_0000")] if stem.endswith("_0000") else stem
+    """``io.case_name`` without the MSD channel suffix (``case_0000.nii.gz`` -> ``case``)."""
+    return io.case_name(image).removesuffix("_0000")
 
 
 def _find_paired(root: Path, layout: str, images: str = "images", labels: str = "labels") -> list[Case]:

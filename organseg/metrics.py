@@ -66,7 +66,6 @@ METRIC_KEYS: tuple[str, ...] = (
 #: A partial overlap below this fraction of either grid's voxels warns.
 PARTIAL_OVERLAP_WARN = 0.99
 
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _NOT_MASKS = ("_probabilities", ".run", ".stats")
 
 VolumeLike = str | Path | io.Volume
@@ -287,12 +286,10 @@ def _warn_unknown_ids(vol: io.Volume, labels: LabelMap, what: str) -> None:
 
 
 def case_name(path: str | Path) -> str | None:
-    """The case name of an image file (``case_01.nii.gz`` -> ``case_01``), or ``None`` if not an image."""
-    name = Path(path).name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
+    """``io.case_name`` of a mask file (``case_01.nii.gz`` -> ``case_01``), or ``None`` if not a mask file."""
+    if not Path(path).name.lower().endswith(io.NIFTI_SUFFIXES + io.ITK_SUFFIXES):
+        return None
+    return io.case_name(path)
 
 
 def _cases_in(folder: Path) -> dict[str, Path]:

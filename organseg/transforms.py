@@ -5,10 +5,13 @@ Every pipeline starts from the same deterministic prefix (``preprocess_transform
     LoadVolumed -> Orientationd(RAS) -> Spacingd(spacing_mm) -> CropForegroundd(body) -> HU normalisation
 
 Geometry travels with the data: ``LoadVolumed`` returns channel-first ``MetaTensor`` s carrying the
-voxel -> RAS+ mm affine, and every geometric step records itself in ``applied_operations``, so
-``monai.transforms.Invertd`` can map a prediction made on the preprocessed grid back onto the input grid
-(``invert_to_input``). The intensity steps are not invertible and need not be: a prediction is inverted
-geometrically only.
+voxel -> RAS+ mm affine, and every geometric step records itself in ``applied_operations``.
+
+Inference does **not** run ``infer_transforms`` or ``Invertd``: ``organseg.infer.preprocess.prepare``
+replays the same steps on the body only (no whole-volume float copies) and ``organseg.infer.invert`` maps
+the probabilities back with the slab resampler of ``organseg.geometry``. ``infer_transforms`` +
+``invert_to_input`` (``monai.transforms.Invertd``) are the **test oracle** that fast path is checked
+against (``tests/test_infer.py::test_prepare_and_invert_match_the_monai_pipeline``, on the real CT).
 
 After ``Orientationd(RAS)`` spatial axis 0 runs from the patient's left to the patient's **right**
 (RAS+: +x is Right). A mirror along that axis turns the right kidney into a left one, so the training
@@ -56,6 +59,7 @@ from monai.utils import MetaKeys, SpaceKeys
 
 from organseg import io
 from organseg.config import Config
+from organseg.geometry import lr_axis
 
 #: The keys of a labelled sample; the image is always first.
 IMAGE_LABEL = ("image", "label")
@@ -140,14 +144,6 @@ class LoadVolumed(MapTransform):
 
 
 # --------------------------------------------------------------------------------------- flips
-
-
-def lr_axis(orientation: str) -> int:
-    """The spatial axis that runs along the patient's left-right direction (0 for ``RAS``)."""
-    for axis, code in enumerate(orientation.upper()):
-        if code in "LR":
-            return axis
-    raise ValueError(f"orientation {orientation!r} has no left-right axis")
 
 
 class RandFlipLRSwapd(Randomizable, MapTransform):
@@ -281,7 +277,11 @@ def preprocess_transforms(
 
 
 def infer_transforms(cfg: Config, keys: Sequence[str] = ("image",)) -> Compose:
-    """Image-only preprocessing for inference; invert its output with ``invert_to_input``."""
+    """Image-only preprocessing as inference replays it (the oracle of ``infer.preprocess.prepare``).
+
+    Invert its output with ``invert_to_input``. ``organseg segment`` does not call it: it is the MONAI
+    reference that tests compare the fast path with.
+    """
     return preprocess_transforms(cfg, keys)
 
 

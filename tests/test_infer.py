@@ -19,11 +19,12 @@ from organseg import io, modelstore
 from organseg.checkpoint import build_model, save_checkpoint
 from organseg.config import LabelMap, PostprocessConfig, config_to_dict, load_config, replace_path
 from organseg.errors import ModelError, OutputError
+from organseg.geometry import Grid
 from organseg.infer import check_ct_intensities, segment
 from organseg.infer.models import load_models
 from organseg.infer.outputs import rle_decode, rle_encode
 from organseg.infer.postprocess import postprocess_mask
-from organseg.infer.preprocess import Grid, prepare
+from organseg.infer.preprocess import prepare
 from organseg.infer.tta import swap_channels, tta_predictor
 from organseg.modelstore import default_model, resolve_model_files
 
@@ -265,10 +266,10 @@ def test_tta_swaps_kidney_channels_under_the_lr_mirror() -> None:
 
 
 def test_lr_axis_of_ras_is_axis_0() -> None:
-    from organseg.infer.preprocess import lr_axis
+    from organseg.geometry import lr_axis
 
-    assert lr_axis(tiny_config().preprocess) == 0
-    assert lr_axis(replace_path(tiny_config(), "preprocess.orientation", "PLS").preprocess) == 1
+    assert lr_axis(tiny_config().preprocess.orientation) == 0
+    assert lr_axis(replace_path(tiny_config(), "preprocess.orientation", "PLS").preprocess.orientation) == 1
 
 
 def test_ensemble_averages_probabilities() -> None:

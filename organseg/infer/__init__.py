@@ -51,12 +51,13 @@ import torch
 from organseg import io
 from organseg.config import Config, LabelMap, config_to_dict
 from organseg.errors import ConfigError, InputError, OutputError
+from organseg.geometry import Grid
 from organseg.infer import outputs
 from organseg.infer.confidence import organ_confidence, summarize_probabilities, summary_line
 from organseg.infer.invert import probabilities_to_input
 from organseg.infer.models import check_ensemble
 from organseg.infer.postprocess import postprocess_mask
-from organseg.infer.preprocess import Grid, prepare
+from organseg.infer.preprocess import prepare
 from organseg.infer.shard import is_done, shard_of
 from organseg.infer.sliding import predict_probabilities
 from organseg.infer.tta import parse_tta
@@ -167,10 +168,6 @@ def check_ct_intensities(array: np.ndarray, body_threshold_hu: float = -500.0) -
 # --------------------------------------------------------------------------------------- inputs/outputs
 
 
-def _case_name(path: Path) -> str:
-    return io.strip_image_suffix(path.name) if path.is_file() else path.name
-
-
 def _list_cases(input_path: Path) -> tuple[list[Path], bool]:
     """``(inputs, batch)``: the case paths, and whether ``input_path`` is a folder of CT files."""
     if not input_path.exists():
@@ -231,7 +228,7 @@ def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) 
             io.check_writable(output, overwrite=False)
     plans = []
     for path in inputs:
-        case = _case_name(path)
+        case = io.case_name(path)
         mask = output / f"{case}.nii.gz" if to_folder else output
         stem = outputs.stem_of(mask)
         plan = _Plan(

@@ -148,7 +148,8 @@ def segment_share(
     Returns:
         ``segment``'s ``SegmentResult`` for this share.
     """
-    from organseg.infer import _case_name, _list_cases, outputs, segment
+    from organseg.infer import _list_cases, outputs, segment
+    from organseg.io import case_name
 
     launched = ctx is not None and ctx.distributed
     if launched and shard is not None:
@@ -166,8 +167,8 @@ def segment_share(
     output = Path(output)
     cases = []
     for path in inputs:
-        stem = outputs.stem_of(output / f"{_case_name(path)}.nii.gz")
-        cases.append((_case_name(path), path, stem.with_name(f"{stem.name}.run.json")))
+        stem = outputs.stem_of(output / f"{case_name(path)}.nii.gz")
+        cases.append((case_name(path), path, stem.with_name(f"{stem.name}.run.json")))
     if launched:
         import torch.distributed as dist
 

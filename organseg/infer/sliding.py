@@ -23,7 +23,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from organseg.config import Config
-from organseg.infer.preprocess import lr_axis
+from organseg.geometry import lr_axis
 from organseg.infer.tta import tta_predictor
 from organseg.vnet import VNet
 
@@ -74,7 +74,7 @@ def predict_probabilities(
     if mirror or rot90:
         predict = tta_predictor(
             predict,
-            lr_axis=lr_axis(cfg.preprocess),
+            lr_axis=lr_axis(cfg.preprocess.orientation),
             lr_pairs=cfg.labels.lr_swap_pairs,
             mirror_axes=(0, 1, 2) if mirror else (),
             rot90=rot90,

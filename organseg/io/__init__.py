@@ -24,6 +24,7 @@ Modules, lowest first (each imports only those above it): ``volume`` (grids, suf
 defines them, so a test that lowers one patches it there (e.g. ``organseg.io.dicom.MAX_ZIP_BYTES``).
 """
 
+from organseg.geometry.grid import same_grid
 from organseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, check_writable, json_safe
 from organseg.io.dicom import MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, DicomSeries, list_dicom_series
 from organseg.io.formats import LPS_TO_RAS, MAX_VOXELS
@@ -34,8 +35,8 @@ from organseg.io.volume import (
     NIFTI_SUFFIXES,
     ImageInfo,
     Volume,
+    case_name,
     is_nifti,
-    same_grid,
     strip_image_suffix,
 )
 from organseg.io.writers import organseg_version, write_mask, write_nifti, write_volume
@@ -64,6 +65,7 @@ __all__ = [
     "read_image_info",
     "read_nifti",
     "same_grid",
+    "case_name",
     "strip_image_suffix",
     "validate_volume",
     "write_mask",

@@ -1,4 +1,7 @@
-"""Grids of 3D images (``Volume``, ``ImageInfo``), grid comparison and image file suffixes."""
+"""3D images with their grids (``Volume``, ``ImageInfo``), image file suffixes and case names.
+
+Grid geometry (spacing, orientation, ``same_grid``) lives in ``organseg.geometry.grid``.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +11,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from organseg.geometry.grid import GridGeometry
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 #: Suffixes ``read_image`` accepts as files (a folder is read as a DICOM series).
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + (".zip",)
 
 
-class _Grid:
-    """Geometry helpers shared by ``Volume`` and ``ImageInfo`` (both have ``affine``)."""
-
-    affine: np.ndarray
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]:
-        """Voxel size along the array axes (i, j, k) in mm."""
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
-
-    @property
-    def orientation(self) -> str:
-        """Axis codes of the voxel axes in RAS terms, e.g. ``'RAS'`` or ``'LPS'``."""
-        return "".join(nib.aff2axcodes(self.affine))
-
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
-
-
 @dataclass
-class Volume(_Grid):
+class Volume(GridGeometry):
     """A 3D image or mask with its grid.
 
     Attributes:
@@ -57,7 +42,7 @@ class Volume(_Grid):
 
 
 @dataclass(frozen=True)
-class ImageInfo(_Grid):
+class ImageInfo(GridGeometry):
     """The grid of an image read from its header only (``read_image_info``): no voxels loaded.
 
     Attributes:
@@ -73,11 +58,6 @@ class ImageInfo(_Grid):
     source: str
 
 
-def same_grid(a: Volume | ImageInfo, b: Volume | ImageInfo, atol_mm: float = 1e-3) -> bool:
-    """True when both have the same shape and the same voxel -> world mapping (within ``atol_mm``)."""
-    return tuple(a.shape) == tuple(b.shape) and bool(np.allclose(a.affine, b.affine, atol=atol_mm))
-
-
 def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
@@ -89,3 +69,10 @@ def strip_image_suffix(name: str) -> str:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def case_name(path: str | Path) -> str:
+    """The case a CT path stands for: a file without its image suffix (``case_01.nii.gz`` -> ``case_01``),
+    a folder (a DICOM series) by its own name. Batch outputs, metrics rows and datasets all use this."""
+    path = Path(path)
+    return path.name if path.is_dir() else strip_image_suffix(path.name)
