@@ -9,8 +9,8 @@ Phantom corruptions (each hits one known organ, or all):
 - ``noise``: Gaussian noise, sd 150 HU, over the whole image (every organ harder);
 - ``spleen_fat``: the spleen's voxels set to fat (-90 HU) plus noise, so the spleen is hard to find;
 - ``kidney_left_water``: the left kidney set to water (0 HU) plus noise;
-- ``mirror``: the image mirrored left-right on the same grid (liver on the patient's left): anatomy the
-  model never saw and a "wrong side" every check should flag.
+- ``mirror``: the image mirrored left-right on the same grid (liver on the patient's left, spleen on the
+  right; kidney ids follow their side): anatomy the model never saw, which a side check should flag.
 
 Prints one table and, with ``--append``, adds it with the command, machine and date to BENCHMARKS.md.
 
@@ -94,7 +94,11 @@ def corrupt_phantoms(folder: Path, seed: int) -> list[tuple[str, Path, Path]]:
     water[labels == 3] = rng.normal(0, 20, int((labels == 3).sum()))
     save("phantom kidney_left_water", water)
     x_axis = int(np.argmax(np.abs(img.affine[0, :3])))
-    save("phantom mirror", np.flip(ct, axis=x_axis).copy(), np.flip(labels, axis=x_axis).copy())
+    # Mirrored, the kidney on the patient's right is the right kidney whatever it was before: swap their
+    # ids in the reference, so "mirror" scores the liver and spleen on the wrong sides.
+    mirrored = np.flip(labels, axis=x_axis).copy()
+    swap = np.array([0, 1, 3, 2, 4], np.uint8)
+    save("phantom mirror", np.flip(ct, axis=x_axis).copy(), swap[mirrored])
     return cases
 
 
