@@ -87,6 +87,7 @@ def predict_probabilities(
             predictor=predict,
             overlap=overlap,
             mode=cfg.infer.blend,
+            padding_mode=cfg.infer.padding,
             sw_device=device,
             device="cpu",
             progress=progress,

@@ -76,6 +76,7 @@ def validate(
                 predictor=model,
                 overlap=cfg.infer.overlap,
                 mode=cfg.infer.blend,
+                padding_mode=cfg.infer.padding,
             )
         pred = logits.float().argmax(dim=1, keepdim=True)
         metric(y_pred=one_hot(pred, n), y=one_hot(label, n))
