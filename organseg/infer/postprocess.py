@@ -6,11 +6,18 @@ MONAI's ``KeepLargestConnectedComponent``); hole filling is 3D (``binary_fill_ho
 closed on every side, so vessels that open to the organ surface stay background) and only turns
 background voxels into the organ -- it never overwrites another organ.
 
+Speed (issue 19): holes are found by labelling the organ's complement once (6-connected, as ``binary_fill_holes``' default structure) and keeping the pieces that
+touch no face of the box -- the same voxels ``binary_fill_holes`` fills, without its iterated
+dilation, which took seconds on a liver box of a sub-millimetre CT. ``method="reference"`` keeps the
+original scipy calls; ``tests/test_speed_paths.py`` checks that both give identical masks.
+
 Example:
     >>> clean = postprocess_mask(mask, labels, PostprocessConfig(largest_component=True, fill_holes=True))
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -19,11 +26,15 @@ from organseg.config import LabelMap, PostprocessConfig
 from organseg.geometry import bounding_box
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
+_FACES = ndimage.generate_binary_structure(3, 1)
 
 
 def largest_component(binary: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean array (empty stays empty)."""
-    labelled, n = ndimage.label(binary, structure=_FULL)
+    """The largest 26-connected component of a boolean array (empty stays empty).
+
+    Labels are made as ``intp`` so that ``np.bincount`` counts them without an int64 copy of the box.
+    """
+    labelled, n = ndimage.label(binary, structure=_FULL, output=np.intp)
     if n <= 1:
         return binary
     sizes = np.bincount(labelled.ravel())
@@ -31,10 +42,44 @@ def largest_component(binary: np.ndarray) -> np.ndarray:
     return labelled == int(np.argmax(sizes))
 
 
-def postprocess_mask(mask: np.ndarray, labels: LabelMap, cfg: PostprocessConfig) -> np.ndarray:
-    """``mask`` (uint8 label ids) cleaned in place per ``cfg``; returned for convenience."""
+def fill_holes(binary: np.ndarray) -> np.ndarray:
+    """``binary`` with its 3D holes filled: equal to ``ndimage.binary_fill_holes(binary)``.
+
+    A hole is a 6-connected piece of background that touches no face of the array. Labelling the
+    background once and dropping the labels seen on the six faces finds them in one pass.
+    """
+    background, n = ndimage.label(~binary, structure=_FACES)
+    if n == 0:
+        return binary
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in range(3):
+        for end in (0, -1):
+            outside[np.take(background, end, axis=axis)] = True
+    outside[0] = True  # label 0 is the organ itself
+    if outside.all():
+        return binary
+    return binary | ~outside[background]
+
+
+def postprocess_mask(
+    mask: np.ndarray,
+    labels: LabelMap,
+    cfg: PostprocessConfig,
+    *,
+    method: Literal["fast", "reference"] = "fast",
+) -> np.ndarray:
+    """``mask`` (uint8 label ids) cleaned in place per ``cfg``; returned for convenience.
+
+    Args:
+        mask: uint8 label ids on any grid, index order as stored.
+        labels: the label map (organ ids ``1..num_classes-1``).
+        cfg: which steps to run.
+        method: ``"fast"`` (default) or ``"reference"`` (scipy's ``binary_fill_holes``); both give
+            the same mask.
+    """
     if not (cfg.largest_component or cfg.fill_holes):
         return mask
+    fast = method == "fast"
     for organ_id in range(1, labels.num_classes):
         box = bounding_box(mask == organ_id)
         if box is None:
@@ -46,6 +91,6 @@ def postprocess_mask(mask: np.ndarray, labels: LabelMap, cfg: PostprocessConfig)
             sub[organ & ~keep] = 0
             organ = keep
         if cfg.fill_holes:
-            filled = ndimage.binary_fill_holes(organ)
+            filled = fill_holes(organ) if fast else ndimage.binary_fill_holes(organ)
             sub[filled & (sub == 0)] = organ_id
     return mask

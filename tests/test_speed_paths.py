@@ -1,0 +1,146 @@
+"""The fast inference paths (issue 19) give the same masks as the reference paths they replace.
+
+- ``invert.probabilities_to_input(method="fast")`` skips interpolation inside blocks of one label;
+  checked on the real CT's grid (and flipped / permuted copies of it) with smooth random probabilities
+  whose labels change often, so many blocks are mixed, many are simple, and the crop's edge is crossed.
+- ``postprocess.postprocess_mask(method="fast")`` fills holes by labelling the background; checked on a
+  synthetic mask with cavities, face-touching pockets and stray components, and on the real CT's
+  TotalSegmentator labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from organseg import io
+from organseg.config import LabelMap, PostprocessConfig, replace_path
+from organseg.infer.invert import probabilities_to_input
+from organseg.infer.postprocess import fill_holes, postprocess_mask
+from organseg.infer.preprocess import Grid, prepare
+from organseg.modelstore import default_model, load_model_file
+
+LABELS = LabelMap()
+BOTH = PostprocessConfig(largest_component=True, fill_holes=True)
+
+
+def _smooth_probabilities(
+    shape: tuple[int, ...], channels: int, seed: int, sigma: float = 1.2
+) -> torch.Tensor:
+    """Softmax of smoothed noise: blobs of every label, about ``2 sigma`` network voxels across."""
+    rng = np.random.default_rng(seed)
+    logits = np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal(shape), sigma) * 8 * sigma for _ in range(channels)]
+    )
+    logits[0] += 0.6
+    return torch.softmax(torch.from_numpy(logits.astype(np.float32)), dim=0)
+
+
+def _flipped(vol: io.Volume, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same CT stored with ``axis`` reversed: array and affine (same world positions)."""
+    flip = np.eye(4)
+    flip[axis, axis] = -1
+    flip[axis, 3] = vol.shape[axis] - 1
+    return np.flip(vol.array, axis).copy(), vol.affine @ flip
+
+
+def _permuted(vol: io.Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The same CT stored with axes (k, i, j): array and affine."""
+    perm = np.zeros((4, 4))
+    perm[0, 1] = perm[1, 2] = perm[2, 0] = perm[3, 3] = 1
+    return np.ascontiguousarray(np.transpose(vol.array, (2, 0, 1))), vol.affine @ perm
+
+
+@pytest.fixture(scope="module")
+def coarse_cfg():
+    """The built-in model's config at 4.5 mm: the network grid coarser than the 3 mm real CT."""
+    _, cfg = load_model_file(default_model(), "cpu")
+    return replace_path(cfg, "preprocess.spacing_mm", (4.5, 4.5, 4.5))
+
+
+@pytest.mark.parametrize(
+    "layout, sigma",
+    [("as stored", 1.2), ("as stored", 4.0), ("flipped i", 1.2), ("flipped k", 4.0), ("permuted", 1.2)],
+)
+def test_invert_fast_equals_reference_on_real_ct(real_ct, coarse_cfg, layout, sigma):
+    """Small blobs: most blocks mixed; large blobs: most blocks simple, organs reach the crop's edge."""
+    vol = io.read_image(real_ct, kind="ct")
+    array, affine = {
+        "as stored": lambda: (vol.array, vol.affine),
+        "flipped i": lambda: _flipped(vol, 0),
+        "flipped k": lambda: _flipped(vol, 2),
+        "permuted": lambda: _permuted(vol),
+    }[layout]()
+    prep = prepare(array, affine, coarse_cfg)
+    native = Grid(tuple(array.shape), np.asarray(affine, float))
+    probs = _smooth_probabilities(prep.crop.shape, LABELS.num_classes, seed=3, sigma=sigma)
+    fast, _ = probabilities_to_input(probs, prep, native, method="fast")
+    reference, _ = probabilities_to_input(probs, prep, native, method="reference")
+    counts = np.bincount(reference.ravel(), minlength=LABELS.num_classes)
+    assert (counts[1:] > 500).all(), counts  # every organ label present: the case is not trivial
+    assert np.array_equal(fast, reference)
+
+
+def test_invert_fast_equals_reference_on_finer_grid(real_ct, coarse_cfg):
+    """A sub-millimetre-like grid (each network voxel covers many input voxels) cut from the real CT."""
+    vol = io.read_image(real_ct, kind="ct")
+    zoom = np.diag([0.5, 0.5, 0.4, 1.0])  # 1.5 x 1.5 x 1.2 mm voxels over the first part of the scan
+    fine = ndimage.zoom(vol.array[:60, :50, :15].astype(np.float32), (2, 2, 2.5), order=1)
+    affine = vol.affine @ zoom
+    prep = prepare(fine, affine, coarse_cfg)
+    native = Grid(tuple(fine.shape), affine)
+    probs = _smooth_probabilities(prep.crop.shape, LABELS.num_classes, seed=5)
+    fast, _ = probabilities_to_input(probs, prep, native, method="fast")
+    reference, _ = probabilities_to_input(probs, prep, native, method="reference")
+    assert len(np.unique(reference)) == LABELS.num_classes
+    assert np.array_equal(fast, reference)
+
+
+def test_fill_holes_equals_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        blob = ndimage.gaussian_filter(rng.standard_normal((30, 26, 22)), 2) > 0.05
+        assert np.array_equal(fill_holes(blob), ndimage.binary_fill_holes(blob))
+
+
+def _synthetic_mask() -> np.ndarray:
+    """Organs with closed cavities, pockets open to the box's faces, stray pieces and touching organs."""
+    mask = np.zeros((60, 50, 40), np.uint8)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in mask.shape), indexing="ij")
+    ball = (zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 20) ** 2 < 15**2
+    mask[ball] = 1
+    mask[(zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 20) ** 2 < 4**2] = 0  # closed cavity: filled
+    mask[20:24, 10:14, 5:40] = 0  # a tunnel to the box faces: stays open
+    mask[50:55, 40:45, 30:35] = 1  # stray piece: removed
+    mask[40:58, 5:20, 5:20] = 2
+    mask[45:50, 10:14, 10:14] = 3  # another organ inside organ 2: never overwritten
+    mask[2:6, 40:48, 2:10] = 4
+    mask[3:5, 42:46, 4:8] = 0  # cavity in organ 4
+    mask[10, 45, 30] = 4  # one stray voxel
+    return mask
+
+
+def test_postprocess_fast_equals_reference_synthetic():
+    mask = _synthetic_mask()
+    fast = postprocess_mask(mask.copy(), LABELS, BOTH, method="fast")
+    reference = postprocess_mask(mask.copy(), LABELS, BOTH, method="reference")
+    assert not np.array_equal(fast, mask)  # something was cleaned
+    assert fast[25, 25, 20] == 1 and fast[22, 12, 20] == 0 and fast[52, 42, 32] == 0
+    assert np.array_equal(fast, reference)
+
+
+def test_postprocess_fast_equals_reference_real_labels(real_seg):
+    seg = io.read_image(real_seg).array
+    mask = np.zeros(seg.shape, np.uint8)
+    for organ, ts in ((1, 5), (2, 2), (3, 3), (4, 1)):  # TotalSegmentator ids -> organseg ids
+        mask[seg == ts] = organ
+    rng = np.random.default_rng(1)
+    mask[rng.random(mask.shape) < 0.002] = 0  # pinholes
+    stray = rng.random(mask.shape) < 0.0005
+    mask[stray] = rng.integers(1, 5, stray.sum())  # stray voxels of every organ
+    fast = postprocess_mask(mask.copy(), LABELS, BOTH, method="fast")
+    reference = postprocess_mask(mask.copy(), LABELS, BOTH, method="reference")
+    assert (fast != mask).sum() > 100
+    assert np.array_equal(fast, reference)
