@@ -115,14 +115,15 @@ def train(config_name: str, data_dir: Path, run_dir: Path, fold_list: tuple[int,
 @click.option("--tta", type=click.Choice(["none", "flip", "rot90"]), default=None, help="Test-time augmentation.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Override the validated threshold.")
 @click.option("--probabilities", is_flag=True, help="Also write <id>_prob.png.")
+@click.option("--stride", type=click.IntRange(1), default=None, help="Tile stride in pixels (default: the config's).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def infer(input_path: Path, model: Path, out_dir: Path, submission: Path | None, folds: str | None, tta: str | None, threshold: float | None, probabilities: bool, device: str | None, overwrite: bool) -> None:
+def infer(input_path: Path, model: Path, out_dir: Path, submission: Path | None, folds: str | None, tta: str | None, threshold: float | None, probabilities: bool, stride: int | None, device: str | None, overwrite: bool) -> None:
     """Predict ink: tiled, TTA, fold ensemble, validated threshold, small blobs removed."""
     from organseg.ink.infer import detect_ink
 
     dev = _device(device)
-    info = detect_ink(input_path, model, out_dir, submission, _folds(folds), tta, threshold, probabilities, dev, overwrite)
+    info = detect_ink(input_path, model, out_dir, submission, _folds(folds), tta, threshold, probabilities, stride, dev, overwrite)
     for name, i in info.items():
         click.echo(f"{name}: {i['ink_px']} ink pixels of {i['mask_px']} (threshold {i['threshold']:.2f}) -> {i['png']}")
     if submission:

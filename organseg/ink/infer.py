@@ -91,6 +91,7 @@ def detect_ink(
     tta: str | None = None,
     threshold: float | None = None,
     probabilities: bool = False,
+    stride: int | None = None,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
@@ -98,7 +99,8 @@ def detect_ink(
     """Predict ink for a fragment folder or a folder of fragments (e.g. ``test/``).
 
     Writes ``<out_dir>/<id>.png`` (ink 255, else 0), optionally ``<id>_prob.png`` (probability x 255),
-    and ``submission`` (``Id,Predicted`` RLE CSV, one row per fragment). Returns per-fragment info
+    and ``submission`` (``Id,Predicted`` RLE CSV, one row per fragment). ``stride`` (pixels) overrides
+    the config's tile stride (smaller: more overlap, slower). Returns per-fragment info
     (threshold, ink pixels, paths).
     """
     out_dir = Path(out_dir)
@@ -121,7 +123,7 @@ def detect_ink(
     for p in fragments:
         with open_fragment(p) as frag:
             mask = frag.read_mask()
-            prob = predict_fragment(frag, ens.models, cfg, mask, tta=tta, device=device, progress=progress)
+            prob = predict_fragment(frag, ens.models, cfg, mask, tta=tta, stride=stride, device=device, progress=progress)
         ink = postprocess(prob, mask, thr, cfg.infer.min_component_px)
         write_png(out_dir / f"{p.name}.png", (ink * 255).astype(np.uint8), overwrite)
         if probabilities:

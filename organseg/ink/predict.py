@@ -17,6 +17,7 @@ import torch
 from monai.data.utils import compute_importance_map
 from tqdm import tqdm
 
+from organseg.errors import ConfigError
 from organseg.ink.config import InkConfig
 from organseg.ink.data import intensity_scale, scale_tile
 from organseg.ink.reader import Fragment
@@ -89,6 +90,8 @@ def predict_fragment(
     tta = tta or cfg.infer.tta
     tile = tile or cfg.train.tile
     stride = stride or cfg.infer.stride or cfg.train.stride
+    if stride > tile:
+        raise ConfigError(f"--stride: {stride} px would leave gaps between {tile}-px tiles (use <= {tile})")
     h, w = frag.height, frag.width
     z0, z1 = cfg.data.z_start, cfg.data.z_stop
     scale = intensity_scale(frag, cfg, mask)
