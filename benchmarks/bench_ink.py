@@ -33,7 +33,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def machine() -> str:
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor() or "unknown CPU"
     return f"{cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
@@ -70,19 +74,48 @@ def bench_infer(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = build_ink_model(cfg)
     ckpt = work / "random_model.pt"
-    save_checkpoint(ckpt, {"task": "ink", "model": model.state_dict(), "config": ink_config_to_dict(cfg), "threshold": 0.5, "epoch": 0})
+    save_checkpoint(
+        ckpt,
+        {
+            "task": "ink",
+            "model": model.state_dict(),
+            "config": ink_config_to_dict(cfg),
+            "threshold": 0.5,
+            "epoch": 0,
+        },
+    )
     out = work / "pred"
-    cmd = ["ink", "infer", "--input", str(frag), "--model", str(ckpt), "--out", str(out), "--submission", str(work / "submission.csv"), "--tta", args.tta, "--stride", str(args.stride), "--overwrite", "--device", "cpu"]
+    cmd = [
+        "ink",
+        "infer",
+        "--input",
+        str(frag),
+        "--model",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--submission",
+        str(work / "submission.csv"),
+        "--tta",
+        args.tta,
+        "--stride",
+        str(args.stride),
+        "--overwrite",
+        "--device",
+        "cpu",
+    ]
     seconds, rss_mb, _ = run_child(cmd)
     px = h * w
-    print(f"\n| fragment | slices read | tile / stride | TTA | threads | infer time | peak RSS | synth time |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| fragment | slices read | tile / stride | TTA | infer time | peak RSS | synth time |")
+    print("|---|---|---|---|---|---|---|")
     print(
         f"| {h} x {w} x 65 (raw TIFF) | {cfg.data.z_start}-{cfg.data.z_stop - 1} | {cfg.train.tile} / {args.stride} | {args.tta} | "
-        f"{torch.get_num_threads()} | {seconds:.0f} s ({px / seconds / 1e6:.2f} Mpx/s) | {rss_mb / 1024:.2f} GB | "
-        f"{'%.0f s' % t_synth if t_synth else 'reused'} |"
+        f"{seconds:.0f} s ({px / seconds / 1e6:.2f} Mpx/s) | {rss_mb / 1024:.2f} GB | "
+        f"{f'{t_synth:.0f} s' if t_synth else 'reused'} |"
     )
-    print(f"\ncommand: python benchmarks/bench_ink.py infer --work {args.work} --size {args.size} --tta {args.tta} --stride {args.stride} --config {args.config}")
+    print(
+        f"\ncommand: python benchmarks/bench_ink.py infer --work {args.work} --size {args.size} --tta {args.tta} --stride {args.stride} --config {args.config}"
+    )
     print(f"date: {datetime.date.today()}; machine: {machine()}")
 
 
@@ -96,12 +129,19 @@ def bench_demo(args: argparse.Namespace) -> None:
         seconds, _, _ = run_child(cmd)
         rep = json.loads((out / "report.json").read_text())
         rows.append((level, rep, seconds))
-    print("\n| level | held-out F0.5 | precision | recall | fixed-slice baseline F0.5 (slice) | chance F0.5 | demo time |")
+    print(
+        "\n| level | held-out F0.5 | precision | recall | fixed-slice baseline F0.5 (slice) | chance F0.5 | demo time |"
+    )
     print("|---|---|---|---|---|---|---|")
     for level, rep, seconds in rows:
         m, b = rep["model"], rep["baseline"]
-        print(f"| {level} | {m['fbeta']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {b['fbeta']:.3f} ({b['slice']:02d}) | {b['chance_fbeta']:.3f} | {seconds:.0f} s |")
-    print(f"\ncommand: python benchmarks/bench_ink.py demo --work {args.work}" + (f" --epochs {args.epochs}" if args.epochs else ""))
+        print(
+            f"| {level} | {m['fbeta']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {b['fbeta']:.3f} ({b['slice']:02d}) | {b['chance_fbeta']:.3f} | {seconds:.0f} s |"
+        )
+    print(
+        f"\ncommand: python benchmarks/bench_ink.py demo --work {args.work}"
+        + (f" --epochs {args.epochs}" if args.epochs else "")
+    )
     print(f"date: {datetime.date.today()}; machine: {machine()}")
 
 

@@ -17,12 +17,22 @@ from organseg.ink.reader import N_SLICES, find_fragments, open_fragment
 H, W = 20, 28
 
 
-def make_fragment(path: Path, compression: str | None = None, tile: tuple[int, int] | None = None, labels: bool = True, mask_mode: str = "L") -> np.ndarray:
+def make_fragment(
+    path: Path,
+    compression: str | None = None,
+    tile: tuple[int, int] | None = None,
+    labels: bool = True,
+    mask_mode: str = "L",
+) -> np.ndarray:
     """A hand-made fragment: slice z holds ``1000 * z + row * W + column`` (uint16); returns the volume."""
     vol = (np.arange(N_SLICES)[:, None, None] * 1000 + np.arange(H * W).reshape(H, W)).astype(np.uint16)
     (path / "surface_volume").mkdir(parents=True)
     for z in range(N_SLICES):
-        kw = {"compression": compression, "tile": tile} if tile else {"compression": compression, "rowsperstrip": 3}
+        kw = (
+            {"compression": compression, "tile": tile}
+            if tile
+            else {"compression": compression, "rowsperstrip": 3}
+        )
         tifffile.imwrite(path / "surface_volume" / f"{z:02d}.tif", vol[z], **kw)
     mask = np.zeros((H, W), np.uint8)
     mask[2:18, 3:25] = 255
@@ -41,7 +51,9 @@ def make_fragment(path: Path, compression: str | None = None, tile: tuple[int, i
     [(None, None), ("zlib", None), ("lzw", None), ("zlib", (16, 16))],
     ids=["raw-memmap", "zlib-strips", "lzw-strips", "zlib-tiles"],
 )
-def test_windowed_reads_equal_the_volume(tmp_path: Path, compression: str | None, tile: tuple[int, int] | None) -> None:
+def test_windowed_reads_equal_the_volume(
+    tmp_path: Path, compression: str | None, tile: tuple[int, int] | None
+) -> None:
     if compression == "lzw":
         pytest.importorskip("imagecodecs")
     vol = make_fragment(tmp_path / "f", compression, tile)
@@ -102,7 +114,16 @@ def _break(path: Path, how: str) -> str:
     raise AssertionError(how)
 
 
-BREAKS = ["missing slice", "extra slice", "other size", "8-bit", "mask size", "empty mask", "corrupt", "truncated"]
+BREAKS = [
+    "missing slice",
+    "extra slice",
+    "other size",
+    "8-bit",
+    "mask size",
+    "empty mask",
+    "corrupt",
+    "truncated",
+]
 
 
 @pytest.mark.parametrize("how", BREAKS)
@@ -120,8 +141,22 @@ def test_bad_fragment_through_the_cli_writes_nothing(tmp_path: Path) -> None:
     make_fragment(tmp_path / "f")
     _break(tmp_path / "f", "8-bit")
     done = subprocess.run(
-        [sys.executable, "-m", "organseg.cli", "ink", "infer", "--input", str(tmp_path / "f"), "--model", str(tmp_path / "nomodel.pt"), "--out", str(tmp_path / "out")],
-        capture_output=True, encoding="utf-8", timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "organseg.cli",
+            "ink",
+            "infer",
+            "--input",
+            str(tmp_path / "f"),
+            "--model",
+            str(tmp_path / "nomodel.pt"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        timeout=120,
     )
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()

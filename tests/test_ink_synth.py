@@ -20,7 +20,9 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def test_layout_and_determinism(tmp_path: Path) -> None:
     a = synth_fragment(tmp_path / "a", seed=5, height=64, width=96, difficulty="realistic", progress=False)
-    b = synth_fragment(tmp_path / "b", seed=5, height=64, width=96, difficulty="realistic", compress=True, progress=False)
+    b = synth_fragment(
+        tmp_path / "b", seed=5, height=64, width=96, difficulty="realistic", compress=True, progress=False
+    )
     c = synth_fragment(tmp_path / "c", seed=6, height=64, width=96, difficulty="realistic", progress=False)
     assert sorted(p.name for p in (a / "surface_volume").iterdir()) == [f"{z:02d}.tif" for z in range(65)]
     assert {p.name for p in a.iterdir()} == {"surface_volume", "mask.png", "inklabels.png", "ir.png"}
@@ -44,11 +46,18 @@ def test_no_test_labels_and_refuses_to_overwrite(tmp_path: Path) -> None:
         synth_fragment(tmp_path / "t", seed=1, height=64, width=64, progress=False)
 
 
-def test_ink_lies_under_the_warped_surface_so_a_fixed_slice_is_near_chance_only_when_realistic(tmp_path: Path) -> None:
+def test_ink_lies_under_the_warped_surface_so_a_fixed_slice_is_near_chance_only_when_realistic(
+    tmp_path: Path,
+) -> None:
     cfg = load_ink_config("ink-demo")
     scores = {}
     for level in ("easy", "realistic"):
-        frags = [synth_fragment(tmp_path / f"{level}{i}", seed=i, height=160, width=160, difficulty=level, progress=False) for i in range(3)]
+        frags = [
+            synth_fragment(
+                tmp_path / f"{level}{i}", seed=i, height=160, width=160, difficulty=level, progress=False
+            )
+            for i in range(3)
+        ]
         scores[level] = fixed_slice_scores(frags[1:], frags[0], cfg)
     real = scores["realistic"]
     assert real["fbeta"] < real["chance_fbeta"] + 0.1, real

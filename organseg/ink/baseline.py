@@ -26,7 +26,9 @@ def _slice_and_labels(path: Path, z: int, cfg: InkConfig) -> tuple[np.ndarray, n
         return img, frag.read_labels() & mask, mask
 
 
-def fit_fixed_slice(train: list[Path], cfg: InkConfig, slices: range | None = None) -> tuple[int, float, float]:
+def fit_fixed_slice(
+    train: list[Path], cfg: InkConfig, slices: range | None = None
+) -> tuple[int, float, float]:
     """The (slice, threshold) with the best pooled F0.5 over the training fragments, and that F0.5."""
     best = (0, 0.5, -1.0)
     for z in slices or range(cfg.data.z_start, cfg.data.z_stop):
@@ -46,4 +48,10 @@ def fixed_slice_scores(train: list[Path], held_out: Path, cfg: InkConfig) -> dic
     img, ref, mask = _slice_and_labels(held_out, z, cfg)
     s = ink_scores((img > t) & mask, ref)
     p = ref[mask].mean() if mask.any() else 0.0
-    return {**s, "slice": z, "threshold": t, "train_fbeta": f_train, "chance_fbeta": float(1.25 * p / (0.25 * p + 1))}
+    return {
+        **s,
+        "slice": z,
+        "threshold": t,
+        "train_fbeta": f_train,
+        "chance_fbeta": float(1.25 * p / (0.25 * p + 1)),
+    }

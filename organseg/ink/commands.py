@@ -70,15 +70,28 @@ def ink() -> None:
 
 
 @ink.command(epilog="\b\nExample:\n  organseg ink synth --out data/ink --n 3 --difficulty realistic")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for fragments 1..N.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for fragments 1..N."
+)
 @click.option("--n", default=3, show_default=True, type=click.IntRange(1, 1000), help="Fragments.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same fragments.")
 @click.option("--size", default="512x384", show_default=True, help="ROWSxCOLUMNS of each slice.")
-@click.option("--difficulty", type=click.Choice(["easy", "realistic"]), default="realistic", show_default=True)
+@click.option(
+    "--difficulty", type=click.Choice(["easy", "realistic"]), default="realistic", show_default=True
+)
 @click.option("--no-labels", is_flag=True, help="Leave out inklabels.png (test fragments).")
 @click.option("--compress", is_flag=True, help="Write zlib-compressed TIFFs.")
 @click.option("--overwrite", is_flag=True, help="Replace existing fragment folders.")
-def synth(out_dir: Path, n: int, seed: int, size: str, difficulty: str, no_labels: bool, compress: bool, overwrite: bool) -> None:
+def synth(
+    out_dir: Path,
+    n: int,
+    seed: int,
+    size: str,
+    difficulty: str,
+    no_labels: bool,
+    compress: bool,
+    overwrite: bool,
+) -> None:
     """Write synthetic papyrus fragments (65 16-bit slices, mask, ink labels, IR)."""
     from organseg.ink.synth import synthesize_fragments
 
@@ -88,52 +101,126 @@ def synth(out_dir: Path, n: int, seed: int, size: str, difficulty: str, no_label
 
 
 @ink.command(epilog="\b\nExample:\n  organseg ink train --config ink-demo --data data/ink --run runs/ink")
-@click.option("--config", "config_name", default="ink", show_default=True, help="Ink config name or YAML path.")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Labelled fragments.")
+@click.option(
+    "--config", "config_name", default="ink", show_default=True, help="Ink config name or YAML path."
+)
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Labelled fragments."
+)
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--fold", "fold_list", type=int, multiple=True, help="Train only this fold (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoints.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override train.epochs.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
-def train(config_name: str, data_dir: Path, run_dir: Path, fold_list: tuple[int, ...], resume: bool, epochs: int | None, overrides: tuple[str, ...], device: str | None) -> None:
+def train(
+    config_name: str,
+    data_dir: Path,
+    run_dir: Path,
+    fold_list: tuple[int, ...],
+    resume: bool,
+    epochs: int | None,
+    overrides: tuple[str, ...],
+    device: str | None,
+) -> None:
     """Train leave-one-fragment-out folds (fold k validates the k-th fragment)."""
     from organseg.ink.train import train_ink
 
     cfg = _config(config_name, epochs, overrides)
     run = train_ink(cfg, data_dir, run_dir, list(fold_list) or None, resume, _device(device))
     summary = json.loads((run / "cv_summary.json").read_text())
-    click.echo(f"held-out F0.5 {summary['mean_val_fbeta']:.3f} (mean of {len(summary['folds'])} folds); run: {run}")
+    click.echo(
+        f"held-out F0.5 {summary['mean_val_fbeta']:.3f} (mean of {len(summary['folds'])} folds); run: {run}"
+    )
 
 
-@ink.command(epilog="\b\nExample:\n  organseg ink infer --input data/test --model runs/ink --out pred --submission submission.csv")
-@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="A fragment or a folder of them.")
+@ink.command(
+    epilog="\b\nExample:\n  organseg ink infer --input data/test --model runs/ink --out pred --submission submission.csv"
+)
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A fragment or a folder of them.",
+)
 @click.option("--model", required=True, type=click.Path(path_type=Path), help="Run folder or checkpoint .pt.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for <id>.png masks.")
-@click.option("--submission", type=click.Path(path_type=Path), default=None, help="Id,Predicted RLE CSV to write.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for <id>.png masks."
+)
+@click.option(
+    "--submission", type=click.Path(path_type=Path), default=None, help="Id,Predicted RLE CSV to write."
+)
 @click.option("--folds", default=None, help="Folds to ensemble, e.g. 0,1 (default: all).")
-@click.option("--tta", type=click.Choice(["none", "flip", "rot90"]), default=None, help="Test-time augmentation.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Override the validated threshold.")
+@click.option(
+    "--tta", type=click.Choice(["none", "flip", "rot90"]), default=None, help="Test-time augmentation."
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Override the validated threshold.",
+)
 @click.option("--probabilities", is_flag=True, help="Also write <id>_prob.png.")
-@click.option("--stride", type=click.IntRange(1), default=None, help="Tile stride in pixels (default: the config's).")
+@click.option(
+    "--stride", type=click.IntRange(1), default=None, help="Tile stride in pixels (default: the config's)."
+)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def infer(input_path: Path, model: Path, out_dir: Path, submission: Path | None, folds: str | None, tta: str | None, threshold: float | None, probabilities: bool, stride: int | None, device: str | None, overwrite: bool) -> None:
+def infer(
+    input_path: Path,
+    model: Path,
+    out_dir: Path,
+    submission: Path | None,
+    folds: str | None,
+    tta: str | None,
+    threshold: float | None,
+    probabilities: bool,
+    stride: int | None,
+    device: str | None,
+    overwrite: bool,
+) -> None:
     """Predict ink: tiled, TTA, fold ensemble, validated threshold, small blobs removed."""
     from organseg.ink.infer import detect_ink
 
     dev = _device(device)
-    info = detect_ink(input_path, model, out_dir, submission, _folds(folds), tta, threshold, probabilities, stride, dev, overwrite)
+    info = detect_ink(
+        input_path,
+        model,
+        out_dir,
+        submission,
+        _folds(folds),
+        tta,
+        threshold,
+        probabilities,
+        stride,
+        dev,
+        overwrite,
+    )
     for name, i in info.items():
-        click.echo(f"{name}: {i['ink_px']} ink pixels of {i['mask_px']} (threshold {i['threshold']:.2f}) -> {i['png']}")
+        click.echo(
+            f"{name}: {i['ink_px']} ink pixels of {i['mask_px']} (threshold {i['threshold']:.2f}) -> {i['png']}"
+        )
     if submission:
         click.echo(f"submission: {submission}")
 
 
 @ink.command(epilog="\b\nExample:\n  organseg ink evaluate --pred submission.csv --labels data/ink")
-@click.option("--pred", required=True, type=click.Path(path_type=Path), help="Ink PNG, folder of <id>.png, or submission CSV.")
-@click.option("--labels", required=True, type=click.Path(path_type=Path), help="A labelled fragment or a folder of them.")
-@click.option("--beta", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="F-beta's beta.")
+@click.option(
+    "--pred",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Ink PNG, folder of <id>.png, or submission CSV.",
+)
+@click.option(
+    "--labels",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A labelled fragment or a folder of them.",
+)
+@click.option(
+    "--beta", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="F-beta's beta."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the scores as .json.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def evaluate(pred: Path, labels: Path, beta: float, out: Path | None, overwrite: bool) -> None:
@@ -143,25 +230,49 @@ def evaluate(pred: Path, labels: Path, beta: float, out: Path | None, overwrite:
 
     result = evaluate_ink(pred, labels, beta=beta)
     for name, s in result["fragments"].items():
-        click.echo(f"{name}: F{beta:g} {s['fbeta']:.4f}  precision {s['precision']:.4f}  recall {s['recall']:.4f}  Dice {s['dice']:.4f}")
+        click.echo(
+            f"{name}: F{beta:g} {s['fbeta']:.4f}  precision {s['precision']:.4f}  recall {s['recall']:.4f}  Dice {s['dice']:.4f}"
+        )
     p = result["pooled"]
-    click.echo(f"pooled: F{beta:g} {p['fbeta']:.4f}  precision {p['precision']:.4f}  recall {p['recall']:.4f}  Dice {p['dice']:.4f}")
+    click.echo(
+        f"pooled: F{beta:g} {p['fbeta']:.4f}  precision {p['precision']:.4f}  recall {p['recall']:.4f}  Dice {p['dice']:.4f}"
+    )
     if out:
         atomic_write_json(out, result, overwrite=overwrite)
 
 
 @ink.command(epilog="\b\nExample:\n  organseg ink demo --out ink-demo --difficulty realistic")
-@click.option("--out", "out_dir", default=Path("ink-demo"), show_default=True, type=click.Path(path_type=Path), help="Folder for everything the demo makes.")
-@click.option("--config", "config_name", default="ink-demo", show_default=True, help="Ink config name or YAML path.")
-@click.option("--difficulty", type=click.Choice(["easy", "realistic"]), default=None, help="Override synth.difficulty.")
+@click.option(
+    "--out",
+    "out_dir",
+    default=Path("ink-demo"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for everything the demo makes.",
+)
+@click.option(
+    "--config", "config_name", default="ink-demo", show_default=True, help="Ink config name or YAML path."
+)
+@click.option(
+    "--difficulty", type=click.Choice(["easy", "realistic"]), default=None, help="Override synth.difficulty."
+)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override train.epochs.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty --out folder.")
-def demo(out_dir: Path, config_name: str, difficulty: str | None, epochs: int | None, device: str | None, overwrite: bool) -> None:
+def demo(
+    out_dir: Path,
+    config_name: str,
+    difficulty: str | None,
+    epochs: int | None,
+    device: str | None,
+    overwrite: bool,
+) -> None:
     """Synthesize fragments, train, predict the held-out one, compare with a fixed-slice baseline."""
     from organseg.ink.demo import ink_demo
 
     cfg = _config(config_name, epochs, () if difficulty is None else (f"synth.difficulty={difficulty}",))
     report = ink_demo(cfg, out_dir, _device(device), overwrite)
-    click.echo(f"held-out F0.5 {report['model']['fbeta']:.3f} (fixed-slice baseline {report['baseline']['fbeta']:.3f}, chance {report['baseline']['chance_fbeta']:.3f})")
+    click.echo(
+        f"held-out F0.5 {report['model']['fbeta']:.3f} (fixed-slice baseline {report['baseline']['fbeta']:.3f}, chance {report['baseline']['chance_fbeta']:.3f})"
+    )
     click.echo(f"picture: {report['picture']}; report: {out_dir / 'report.json'}")

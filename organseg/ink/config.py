@@ -169,7 +169,12 @@ def _check(cfg: InkConfig, source: str) -> None:
         raise bad("train.positive_fraction", f"must be in [0, 1], got {t.positive_fraction}")
     if not 0 <= t.augment.depth_shift < cfg.depth:
         raise bad("train.augment.depth_shift", f"must be in 0..{cfg.depth - 1}, got {t.augment.depth_shift}")
-    if t.loss.bce < 0 or t.loss.dice < 0 or t.loss.tversky < 0 or t.loss.bce + t.loss.dice + t.loss.tversky == 0:
+    if (
+        t.loss.bce < 0
+        or t.loss.dice < 0
+        or t.loss.tversky < 0
+        or t.loss.bce + t.loss.dice + t.loss.tversky == 0
+    ):
         raise bad("train.loss", "weights must be >= 0 and not all 0")
     if not 0 <= i.threshold < 1:
         raise bad("infer.threshold", f"must be in [0, 1) (0 = validated threshold), got {i.threshold}")

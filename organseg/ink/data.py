@@ -17,7 +17,9 @@ from organseg.ink.config import InkConfig
 from organseg.ink.reader import Fragment, open_fragment
 
 
-def intensity_scale(frag: Fragment, cfg: InkConfig, mask: np.ndarray, bands: int = 16, band_px: int = 32) -> tuple[float, float]:
+def intensity_scale(
+    frag: Fragment, cfg: InkConfig, mask: np.ndarray, bands: int = 16, band_px: int = 32
+) -> tuple[float, float]:
     """``(low, high)`` uint16 levels at ``cfg.data.percentiles`` of the slice window inside the mask.
 
     Estimated from ``bands`` evenly spaced row bands (every 4th column), so it reads a small part of
@@ -99,7 +101,11 @@ class TileSampler:
         for _ in range(cfg.train.batch_size):
             i = int(rng.choice(len(self.frags), p=self.frag_p))
             f = self.frags[i]
-            pool = self.ink_px[i] if rng.random() < cfg.train.positive_fraction and self.ink_px[i].size else self.mask_px[i]
+            pool = (
+                self.ink_px[i]
+                if rng.random() < cfg.train.positive_fraction and self.ink_px[i].size
+                else self.mask_px[i]
+            )
             cy, cx = np.unravel_index(int(pool[rng.integers(pool.size)]), f.mask.shape)
             h, w = f.mask.shape
             r0 = int(np.clip(cy - rng.integers(t // 8, t - t // 8), 0, h - t))
@@ -116,7 +122,9 @@ class TileSampler:
                 k = int(rng.integers(4))
                 x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
             if aug.contrast or aug.brightness:
-                x = x * (1 + rng.uniform(-aug.contrast, aug.contrast)) + rng.uniform(-aug.brightness, aug.brightness)
+                x = x * (1 + rng.uniform(-aug.contrast, aug.contrast)) + rng.uniform(
+                    -aug.brightness, aug.brightness
+                )
             xs.append(np.ascontiguousarray(x))
             ys.append(np.ascontiguousarray(y))
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])

@@ -26,7 +26,9 @@ from organseg.ink.train import train_ink
 from organseg.io import atomic_path, atomic_write_json
 
 
-def demo_picture(path: Path, fragment: Path, pred_png: Path, cfg: InkConfig, scores: dict, baseline: dict) -> Path:
+def demo_picture(
+    path: Path, fragment: Path, pred_png: Path, cfg: InkConfig, scores: dict, baseline: dict
+) -> Path:
     """Side by side: ink labels, prediction (green hit, red false ink, blue missed), IR surface, one slice."""
     import matplotlib
 
@@ -51,14 +53,20 @@ def demo_picture(path: Path, fragment: Path, pred_png: Path, cfg: InkConfig, sco
         (ref, "gray", "ink labels (held out)"),
         (overlay, None, f"prediction F0.5 {scores['fbeta']:.2f}\n(green hit, red false, blue missed)"),
         (ir if ir is not None else mask, "gray", "surface (ir.png)"),
-        (np.clip((sl - lo) / (hi - lo + 1e-6), 0, 1), "gray", f"slice {z:02d}: fixed-slice baseline\nF0.5 {baseline['fbeta']:.2f}"),
+        (
+            np.clip((sl - lo) / (hi - lo + 1e-6), 0, 1),
+            "gray",
+            f"slice {z:02d}: fixed-slice baseline\nF0.5 {baseline['fbeta']:.2f}",
+        ),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(13, 4.2))
     for ax, (img, cmap, title) in zip(axes, panels):
         ax.imshow(img, cmap=cmap, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
-    fig.suptitle(f"organseg ink demo: synthetic '{cfg.synth.difficulty}' fragment {fragment.name}", fontsize=11)
+    fig.suptitle(
+        f"organseg ink demo: synthetic '{cfg.synth.difficulty}' fragment {fragment.name}", fontsize=11
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
@@ -66,7 +74,13 @@ def demo_picture(path: Path, fragment: Path, pred_png: Path, cfg: InkConfig, sco
     return path
 
 
-def ink_demo(cfg: InkConfig, out_dir: str | Path, device: str | torch.device = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
+def ink_demo(
+    cfg: InkConfig,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Run the whole ink pipeline on synthetic fragments; returns (and writes) the report."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -74,7 +88,16 @@ def ink_demo(cfg: InkConfig, out_dir: str | Path, device: str | torch.device = "
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     s = cfg.synth
-    frags = synthesize_fragments(out / "fragments", s.n_fragments, s.seed, s.height, s.width, s.difficulty, overwrite=True, progress=progress)
+    frags = synthesize_fragments(
+        out / "fragments",
+        s.n_fragments,
+        s.seed,
+        s.height,
+        s.width,
+        s.difficulty,
+        overwrite=True,
+        progress=progress,
+    )
     t_synth = time.time() - t0
     held_out = frags[0]
     run = out / "run"
@@ -84,10 +107,20 @@ def ink_demo(cfg: InkConfig, out_dir: str | Path, device: str | torch.device = "
         shutil.rmtree(run)
     train_ink(cfg, out / "fragments", run, folds=[0], device=device, progress=progress)
     t_train = time.time() - t0 - t_synth
-    info = detect_ink(held_out, run, out / "pred", out / "pred" / "submission.csv", device=device, overwrite=True, progress=progress)
+    info = detect_ink(
+        held_out,
+        run,
+        out / "pred",
+        out / "pred" / "submission.csv",
+        device=device,
+        overwrite=True,
+        progress=progress,
+    )
     scores = evaluate_ink(out / "pred" / "submission.csv", held_out)["fragments"][held_out.name]
     baseline = fixed_slice_scores(frags[1:], held_out, cfg)
-    picture = demo_picture(out / "ink_demo.png", held_out, out / "pred" / f"{held_out.name}.png", cfg, scores, baseline)
+    picture = demo_picture(
+        out / "ink_demo.png", held_out, out / "pred" / f"{held_out.name}.png", cfg, scores, baseline
+    )
     report = {
         "difficulty": s.difficulty,
         "fragments": [p.name for p in frags],
@@ -96,7 +129,11 @@ def ink_demo(cfg: InkConfig, out_dir: str | Path, device: str | torch.device = "
         "model": scores,
         "threshold": info[held_out.name]["threshold"],
         "baseline": baseline,
-        "seconds": {"synth": round(t_synth, 1), "train": round(t_train, 1), "total": round(time.time() - t0, 1)},
+        "seconds": {
+            "synth": round(t_synth, 1),
+            "train": round(t_train, 1),
+            "total": round(time.time() - t0, 1),
+        },
         "threads": torch.get_num_threads(),
         "picture": str(picture),
     }

@@ -36,7 +36,9 @@ class InkModel:
     sources: list[Path]
 
 
-def load_ink_model(path: str | Path, folds: list[int] | None = None, device: str | torch.device = "cpu") -> InkModel:
+def load_ink_model(
+    path: str | Path, folds: list[int] | None = None, device: str | torch.device = "cpu"
+) -> InkModel:
     """Load ``checkpoint_best.pt`` of each fold of a run folder (or one ``.pt`` file) as an ensemble."""
     path = Path(path)
     if path.is_dir():
@@ -57,7 +59,9 @@ def load_ink_model(path: str | Path, folds: list[int] | None = None, device: str
         try:
             net.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError) as err:
-            raise ModelError(f"{f}: weights do not fit the embedded config ({str(err).splitlines()[0][:160]})") from None
+            raise ModelError(
+                f"{f}: weights do not fit the embedded config ({str(err).splitlines()[0][:160]})"
+            ) from None
         models.append(net.to(device).eval())
         thresholds.append(float(ckpt.get("threshold", 0.5)))
     return InkModel(models, cfg, float(np.mean(thresholds)), found)
@@ -123,13 +127,20 @@ def detect_ink(
     for p in fragments:
         with open_fragment(p) as frag:
             mask = frag.read_mask()
-            prob = predict_fragment(frag, ens.models, cfg, mask, tta=tta, stride=stride, device=device, progress=progress)
+            prob = predict_fragment(
+                frag, ens.models, cfg, mask, tta=tta, stride=stride, device=device, progress=progress
+            )
         ink = postprocess(prob, mask, thr, cfg.infer.min_component_px)
         write_png(out_dir / f"{p.name}.png", (ink * 255).astype(np.uint8), overwrite)
         if probabilities:
             write_png(out_dir / f"{p.name}_prob.png", np.round(prob * 255).astype(np.uint8), overwrite)
         masks[p.name] = ink
-        info[p.name] = {"threshold": thr, "ink_px": int(ink.sum()), "mask_px": int(mask.sum()), "png": str(out_dir / f"{p.name}.png")}
+        info[p.name] = {
+            "threshold": thr,
+            "ink_px": int(ink.sum()),
+            "mask_px": int(mask.sum()),
+            "png": str(out_dir / f"{p.name}.png"),
+        }
         del prob
     if submission is not None:
         write_submission(submission, masks, overwrite=overwrite)

@@ -31,7 +31,15 @@ def scores_from_counts(tp: int, fp: int, fn: int, beta: float = 0.5) -> dict[str
     denom = b2 * precision + recall
     fbeta = (1 + b2) * precision * recall / denom if denom else 0.0
     dice = 2 * tp / (2 * tp + fp + fn)
-    return {"precision": precision, "recall": recall, "dice": dice, "fbeta": fbeta, "tp": tp, "fp": fp, "fn": fn}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "dice": dice,
+        "fbeta": fbeta,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 def ink_scores(pred: np.ndarray, ref: np.ndarray, beta: float = 0.5) -> dict[str, float]:
@@ -75,7 +83,9 @@ def threshold_sweep(
     return t, out
 
 
-def best_threshold(prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, beta: float = 0.5) -> tuple[float, float]:
+def best_threshold(
+    prob: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, beta: float = 0.5
+) -> tuple[float, float]:
     """The threshold with the highest F-beta on validation data, and that F-beta."""
     t, f = threshold_sweep(prob, ref, mask, beta=beta)
     i = int(np.argmax(f))

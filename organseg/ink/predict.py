@@ -95,7 +95,9 @@ def predict_fragment(
     h, w = frag.height, frag.width
     z0, z1 = cfg.data.z_start, cfg.data.z_stop
     scale = intensity_scale(frag, cfg, mask)
-    weight = compute_importance_map((tile, tile), mode="gaussian", sigma_scale=0.125).numpy().astype(np.float32)
+    weight = (
+        compute_importance_map((tile, tile), mode="gaussian", sigma_scale=0.125).numpy().astype(np.float32)
+    )
     weight = np.maximum(weight, 1e-3)
     prob_sum = np.zeros((h, w), np.float32)
     weight_sum = np.zeros((h, w), np.float32)
@@ -106,11 +108,17 @@ def predict_fragment(
         b0, b1 = band[0], min(h, band[-1] + tile)
         block = frag.read_rows(z0, z1, b0, b1)
         if block.shape[1] < tile or block.shape[2] < tile:  # fragment smaller than a tile
-            block = np.pad(block, ((0, 0), (0, tile - min(tile, block.shape[1])), (0, tile - min(tile, block.shape[2]))), mode="edge")
+            block = np.pad(
+                block,
+                ((0, 0), (0, tile - min(tile, block.shape[1])), (0, tile - min(tile, block.shape[2]))),
+                mode="edge",
+            )
         origins = [(r, c) for r in band for c in cols if mask[r : r + tile, c : c + tile].any()]
         for i in range(0, len(origins), cfg.infer.batch_size):
             chunk = origins[i : i + cfg.infer.batch_size]
-            x = np.stack([scale_tile(block[:, r - b0 : r - b0 + tile, c : c + tile], scale) for r, c in chunk])
+            x = np.stack(
+                [scale_tile(block[:, r - b0 : r - b0 + tile, c : c + tile], scale) for r, c in chunk]
+            )
             p = predict_tiles(models, torch.from_numpy(x[:, None]).to(device), tta).cpu().numpy()
             for (r, c), pt in zip(chunk, p):
                 hh, ww = min(tile, h - r), min(tile, w - c)

@@ -58,7 +58,9 @@ class SliceFile:
         if dtype != np.uint16:
             self.close()
             bits = dtype.itemsize * 8
-            raise InputError(f"{path}: expected a 16-bit slice, found {bits}-bit {dtype} (8-bit volumes are not supported)")
+            raise InputError(
+                f"{path}: expected a 16-bit slice, found {bits}-bit {dtype} (8-bit volumes are not supported)"
+            )
         ends = np.asarray(page.dataoffsets, dtype=np.int64) + np.asarray(page.databytecounts, dtype=np.int64)
         if len(ends) == 0 or ends.max() > size:
             self.close()
@@ -81,7 +83,11 @@ class SliceFile:
         if page.is_tiled:
             th, tw = page.tilelength, page.tilewidth
             per_row = -(-w // tw)
-            wanted = [i for i in range(len(page.dataoffsets)) if (i // per_row) * th < r1 and (i // per_row + 1) * th > r0]
+            wanted = [
+                i
+                for i in range(len(page.dataoffsets))
+                if (i // per_row) * th < r1 and (i // per_row + 1) * th > r0
+            ]
         else:
             rps = min(page.rowsperstrip or h, h)
             wanted = list(range(r0 // rps, min(len(page.dataoffsets), -(-r1 // rps))))
@@ -160,7 +166,9 @@ class Fragment:
     def read_labels(self) -> np.ndarray:
         """``inklabels.png`` as bool ``(H, W)``."""
         if not self.has_labels:
-            raise InputError(f"{self.path / 'inklabels.png'}: not found (a training fragment needs ink labels)")
+            raise InputError(
+                f"{self.path / 'inklabels.png'}: not found (a training fragment needs ink labels)"
+            )
         return read_png_binary(self.path / "inklabels.png", (self.height, self.width))
 
     def read_ir(self) -> np.ndarray | None:
@@ -317,4 +325,4 @@ def find_fragments(path: str | Path) -> list[Path]:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return (text.splitlines()[0][:160] if text else type(err).__name__)
+    return text.splitlines()[0][:160] if text else type(err).__name__

@@ -77,7 +77,12 @@ def fibre_texture(rng: np.random.Generator, shape: tuple[int, int], along_rows: 
     noise = rng.standard_normal(shape).astype(np.float32)
     sigma = (0.8, 10.0) if along_rows else (10.0, 0.8)
     tex = ndimage.gaussian_filter(noise, sigma, truncate=2.5)
-    tex += 0.5 * ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 3.0, truncate=2.0) * tex.std() / 0.1
+    tex += (
+        0.5
+        * ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 3.0, truncate=2.0)
+        * tex.std()
+        / 0.1
+    )
     return (tex - tex.mean()) / (tex.std() + 1e-6)
 
 
@@ -106,7 +111,9 @@ def draw_text(rng: np.random.Generator, shape: tuple[int, int], stroke_px: float
     return dist <= stroke_px
 
 
-def jagged_mask(rng: np.random.Generator, shape: tuple[int, int], level: Difficulty) -> tuple[np.ndarray, np.ndarray]:
+def jagged_mask(
+    rng: np.random.Generator, shape: tuple[int, int], level: Difficulty
+) -> tuple[np.ndarray, np.ndarray]:
     """The fragment outline with holes (``mask``) and the sheet itself, minus thin cracks (``solid``)."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -174,7 +181,11 @@ def synth_fragment(
     shape = (height, width)
     try:
         mask, solid = jagged_mask(rng, shape, level)
-        surface = SURFACE_SLICE + level.relief * smooth_field(rng, shape, 160) + level.fine_relief * smooth_field(rng, shape, 24)
+        surface = (
+            SURFACE_SLICE
+            + level.relief * smooth_field(rng, shape, 160)
+            + level.fine_relief * smooth_field(rng, shape, 24)
+        )
         np.clip(surface, 20, 44, out=surface)
         thick = level.thickness[0] + level.thickness[1] * smooth_field(rng, shape, 96)
         np.clip(thick, 5, 20, out=thick)
@@ -208,7 +219,12 @@ def synth_fragment(
         Image.fromarray((mask * 255).astype(np.uint8), mode="L").save(tmp / "mask.png")
         if labels:
             Image.fromarray(((ink & mask) * 255).astype(np.uint8), mode="L").save(tmp / "inklabels.png")
-        ir = 150 + 30 * fib_top / max(level.fibre, 1e-6) * 0.3 - 90 * (ink * strength) + rng.normal(0, 6, shape)
+        ir = (
+            150
+            + 30 * fib_top / max(level.fibre, 1e-6) * 0.3
+            - 90 * (ink * strength)
+            + rng.normal(0, 6, shape)
+        )
         ir = ndimage.gaussian_filter(ir, 1.0) * mask + 20 * ~mask
         Image.fromarray(np.clip(ir, 0, 255).astype(np.uint8), mode="L").save(tmp / "ir.png")
         if out.exists():

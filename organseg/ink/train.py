@@ -38,7 +38,17 @@ from organseg.ink.predict import predict_fragment
 from organseg.ink.reader import find_fragments, open_fragment
 from organseg.io import atomic_path, atomic_write_json, atomic_write_text
 
-METRIC_COLUMNS = ["epoch", "train_loss", "val_fbeta", "val_threshold", "val_precision", "val_recall", "val_dice", "lr", "seconds"]
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_fbeta",
+    "val_threshold",
+    "val_precision",
+    "val_recall",
+    "val_dice",
+    "lr",
+    "seconds",
+]
 
 
 class InkLoss(torch.nn.Module):
@@ -90,7 +100,13 @@ def validate(model: torch.nn.Module, path: Path, cfg: InkConfig, device: torch.d
         prob = predict_fragment(frag, [model], cfg, mask, tta="none", device=device, progress=False)
     thr, _ = best_threshold(prob, ref, mask)
     s = ink_scores(prob > thr, ref)
-    return {"val_fbeta": s["fbeta"], "val_threshold": thr, "val_precision": s["precision"], "val_recall": s["recall"], "val_dice": s["dice"]}
+    return {
+        "val_fbeta": s["fbeta"],
+        "val_threshold": thr,
+        "val_precision": s["precision"],
+        "val_recall": s["recall"],
+        "val_dice": s["dice"],
+    }
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
@@ -98,7 +114,9 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in r.items() if k in METRIC_COLUMNS})
+        w.writerow(
+            {k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in r.items() if k in METRIC_COLUMNS}
+        )
     atomic_write_text(path, buf.getvalue())
 
 
@@ -176,7 +194,12 @@ def train_fold(
         rng = np.random.default_rng([cfg.train.seed, fold, epoch])
         torch.manual_seed(int(rng.integers(2**31)))
         losses = []
-        bar = tqdm(range(cfg.train.steps_per_epoch), desc=f"fold {fold} epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            range(cfg.train.steps_per_epoch),
+            desc=f"fold {fold} epoch {epoch}/{cfg.train.epochs}",
+            disable=not progress,
+            leave=False,
+        )
         for _ in bar:
             x, y = sampler.batch(rng)
             x, y = x.to(device), y.to(device)
@@ -187,14 +210,21 @@ def train_fold(
             sched.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        row: dict = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0])}
+        row: dict = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "lr": float(sched.get_last_lr()[0]),
+        }
         if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
             row.update(validate(model, val_path, cfg, device))
         row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
         is_best = row.get("val_fbeta", -1.0) > best["val_fbeta"]
         if is_best:
-            best = {k: row[k] for k in ("epoch", "val_fbeta", "val_threshold", "val_precision", "val_recall", "val_dice")}
+            best = {
+                k: row[k]
+                for k in ("epoch", "val_fbeta", "val_threshold", "val_precision", "val_recall", "val_dice")
+            }
         state = {
             "task": "ink",
             "model": model.state_dict(),
@@ -208,7 +238,9 @@ def train_fold(
             "config": ink_config_to_dict(cfg),
         }
         if is_best:
-            save_checkpoint(fold_dir / "checkpoint_best.pt", {**state, "threshold": float(row["val_threshold"])})
+            save_checkpoint(
+                fold_dir / "checkpoint_best.pt", {**state, "threshold": float(row["val_threshold"])}
+            )
         save_checkpoint(last, state)
         _write_metrics(fold_dir / "metrics.csv", rows)
         _write_curves(fold_dir / "curves.png", rows, f"ink fold {fold} (validation: {val_path.name})")
@@ -235,14 +267,18 @@ def train_ink(
     data_dir, run = Path(data_dir), Path(run_dir)
     fragments = find_fragments(data_dir)
     if len(fragments) < 2:
-        raise InputError(f"{data_dir}: leave-one-fragment-out training needs at least 2 labelled fragments, found {len(fragments)}")
+        raise InputError(
+            f"{data_dir}: leave-one-fragment-out training needs at least 2 labelled fragments, found {len(fragments)}"
+        )
     for p in fragments:  # validate every fragment before any output exists
         with open_fragment(p, require_labels=True) as frag:
             frag.read_mask()
     folds = list(range(len(fragments))) if folds is None else folds
     for k in folds:
         if not 0 <= k < len(fragments):
-            raise ConfigError(f"--fold: {k} is not a fold of {len(fragments)} fragments (0..{len(fragments) - 1})")
+            raise ConfigError(
+                f"--fold: {k} is not a fold of {len(fragments)} fragments (0..{len(fragments) - 1})"
+            )
     marker = run / "run.json"
     if resume:
         if not marker.is_file():
@@ -252,11 +288,24 @@ def train_ink(
             raise InputError(f"{run}: run.json is not an ink run (task {saved.get('task')!r})")
     else:
         if run.exists() and any(run.iterdir()):
-            raise OutputError(f"{run}: run folder exists and is not empty (pass --resume or choose a new --run)")
+            raise OutputError(
+                f"{run}: run folder exists and is not empty (pass --resume or choose a new --run)"
+            )
         run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, {"organseg_run": 1, "task": "ink", "folds": len(fragments), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        atomic_write_json(
+            marker,
+            {
+                "organseg_run": 1,
+                "task": "ink",
+                "folds": len(fragments),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
         atomic_write_text(run / "config.yaml", yaml.safe_dump(ink_config_to_dict(cfg), sort_keys=False))
-        splits = [{"fold": k, "val": [p.name], "train": [q.name for q in fragments if q != p]} for k, p in enumerate(fragments)]
+        splits = [
+            {"fold": k, "val": [p.name], "train": [q.name for q in fragments if q != p]}
+            for k, p in enumerate(fragments)
+        ]
         atomic_write_json(run / "splits.json", {"data": str(data_dir), "splits": splits})
     device = torch.device(device)
     summary_path = run / "cv_summary.json"
