@@ -66,17 +66,12 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def check_expressible(cfg: Config, files: list[Path], source: str) -> None:
-    """Raise ``ModelError`` naming why ``files``/``cfg`` cannot become one MONAI bundle."""
-    if len(files) > 1:
-        raise ModelError(
-            f"{source}: an ensemble of {len(files)} folds; a MONAI bundle holds one network and its "
-            "components cannot average several networks' probabilities: pick one with --fold K"
-        )
+def check_expressible(cfg: Config, model_file: Path) -> None:
+    """Raise ``ModelError`` naming why the model's inference cannot be written with MONAI bundle components."""
     if cfg.infer.tta:
         raise ModelError(
-            f"{files[0]}: its config asks for mirror test-time augmentation (infer.tta), which no MONAI bundle "
-            "component does: the bundle would not give organseg's masks"
+            f"{model_file}: its config asks for mirror test-time augmentation (infer.tta), which no MONAI "
+            "bundle component does: the bundle would not give organseg's masks"
         )
 
 
@@ -216,6 +211,9 @@ def inference_config(cfg: Config, bundle_root: str | Path) -> dict:
             "sw_batch_size": int(cfg.infer.sw_batch_size),
             "overlap": float(cfg.infer.overlap),
             "mode": cfg.infer.blend,
+            # how a window sticking out of the body crop is filled (organseg's infer.padding; MONAI's default
+            # "constant" for configs from before that field existed)
+            "padding_mode": getattr(cfg.infer, "padding", "constant"),
         },
         "postprocessing": {"_target_": "Compose", "transforms": post},
         # One case: the window batch dimension is added for the inferer and removed for the postprocessing.
@@ -339,8 +337,13 @@ def export_bundle(
         raise OutputError(f"{out_dir}: the folder {parent} does not exist")
     model = None if model in (None, "builtin") else Path(model)
     files = resolve_model_files(model, None if fold is None else [fold])
+    if len(files) > 1:
+        raise ModelError(
+            f"{model}: an ensemble of {len(files)} folds; a MONAI bundle holds one network and its "
+            "components cannot average several networks' probabilities: pick one with --fold K"
+        )
     net, cfg = load_model_file(files[0], "cpu")
-    check_expressible(cfg, files, str(model if model is not None else files[0]))
+    check_expressible(cfg, files[0])
     traced = trace_network(net, cfg)
     meta = metadata(cfg, files[0])
     try:
