@@ -6,13 +6,20 @@ exit; ``organseg --debug <command>`` shows the traceback instead.
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from organseg import __version__
 from organseg.errors import ConfigError, OrgansegError
+from organseg.version import __version__
+
+if TYPE_CHECKING:
+    from organseg.labels import LabelMap
 
 EXAMPLES = {
     "synth": "organseg synth --out data/phantoms --n 20 --seed 0",
@@ -49,6 +56,101 @@ def _parse_overrides(pairs: tuple[str, ...]) -> list[tuple[str, object]]:
         key, value = pair.split("=", 1)
         out.append((key.strip(), yaml.safe_load(value)))
     return out
+
+
+# --------------------------------------------------------------------------------------- commands
+# What ``organseg train`` / ``organseg evaluate`` do, as plain functions (tests call them directly): they
+# resolve options, call the API, print, and turn an interrupt into an exit code. Only the CLI prints.
+
+
+def train_command(
+    config: str | Path = "abdomen",
+    data_dir: Path | None = None,
+    run_dir: Path | None = None,
+    fold: int | None = None,
+    all_folds: bool = False,
+    resume_dir: Path | None = None,
+    epochs: int | None = None,
+    overrides: Sequence[tuple[str, object]] = (),
+    device: str | None = None,
+    dry_run: bool = False,
+) -> Path | None:
+    """What ``organseg train`` does; a resumed run uses the config saved in its folder."""
+    import organseg
+    from organseg.config import load_config, replace_path
+    from organseg.modelstore import RUN_MARKER
+    from organseg.training import TrainingInterrupted, check_run_dir
+    from organseg.training import dry_run as describe
+    from organseg.training.distributed import from_main, session
+
+    if resume_dir is not None:
+        run_dir = check_run_dir(resume_dir)
+        cfg = load_config(run_dir / "config.yaml")
+    else:
+        cfg = load_config(config)
+    for key, value in overrides:
+        cfg = replace_path(cfg, key, value)
+    if epochs is not None:
+        cfg = replace_path(cfg, "train.epochs", epochs)
+    if dry_run:
+        describe(cfg, data_dir)
+        return None
+    if run_dir is None:
+        run_dir = Path("runs") / f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    if all_folds:
+        folds: int | Sequence[int] | str = "all"
+    elif fold is not None:
+        folds = fold
+    elif resume_dir is not None:
+        folds = json.loads((run_dir / RUN_MARKER).read_text()).get("folds", [0])
+    else:
+        folds = 0
+    with session(device) as ctx:  # under torchrun: DDP over its processes; else one process
+        run_dir = from_main(run_dir, ctx)  # the ranks may have read the clock in different seconds
+        try:
+            organseg.train(
+                cfg, data_dir, run_dir, folds=folds, resume=resume_dir is not None, device=device, dist=ctx
+            )
+        except TrainingInterrupted as err:
+            print(f"organseg: {err}", file=sys.stderr)
+            raise SystemExit(130) from None
+    if ctx.is_main:
+        print(f"run folder: {run_dir}")
+    return run_dir
+
+
+def evaluate_command(
+    pred: str | Path,
+    ref: str | Path,
+    *,
+    ref_map: str | None = None,
+    pred_map: str | None = None,
+    beta: float = 0.5,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    labels: LabelMap | None = None,
+    echo: Callable[[str], object] = print,
+) -> dict:
+    """What ``organseg evaluate`` does: evaluate a file pair or two folders, print the table, write ``out``."""
+    import organseg
+    from organseg import metrics
+    from organseg.io import check_writable
+    from organseg.labels import LabelMap
+
+    pred, ref = Path(pred), Path(ref)
+    if out is not None:
+        check_writable(out, overwrite=overwrite)
+        metrics.check_metrics_format(Path(out))
+    kwargs = dict(labels=labels or LabelMap(), ref_map=ref_map, pred_map=pred_map, beta=beta)
+    if pred.is_dir() and ref.is_dir() and metrics.mask_files(pred):
+        result = metrics.evaluate_folder(pred, ref, **kwargs)
+    else:
+        result = organseg.evaluate(pred, ref, **kwargs)
+    echo(metrics.format_table(result))
+    if out is not None:
+        metrics.write_metrics(result, out, overwrite=overwrite, case=metrics.case_name(pred) or pred.name)
+        echo(f"wrote {out}")
+    return result
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -163,8 +265,6 @@ def train(
     dry_run: bool,
 ) -> None:
     """Train the VNet with weighted Dice+Focal loss on k-fold splits."""
-    from organseg.training import train_command
-
     train_command(
         config=config_name,
         data_dir=data_dir,
@@ -324,9 +424,7 @@ def evaluate(
     overwrite: bool,
 ) -> None:
     """Per-organ Dice, IoU, precision, recall, F-beta, HD95, NSD and volumes, in physical space."""
-    from organseg import metrics
-
-    metrics.evaluate_command(
+    evaluate_command(
         pred=pred, ref=ref, ref_map=ref_map, pred_map=pred_map, beta=beta, out=out, overwrite=overwrite
     )
 

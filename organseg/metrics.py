@@ -292,7 +292,8 @@ def case_name(path: str | Path) -> str | None:
     return io.case_name(path)
 
 
-def _cases_in(folder: Path) -> dict[str, Path]:
+def mask_files(folder: Path) -> dict[str, Path]:
+    """``{case name: mask file}`` of a folder (not probability maps, run manifests or stats files)."""
     out = {}
     for p in sorted(folder.iterdir()):
         name = case_name(p)
@@ -319,7 +320,7 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, **kwargs: object)
     for d in (pred_dir, ref_dir):
         if not d.is_dir():
             raise InputError(f"{d}: folder not found")
-    preds, refs = _cases_in(pred_dir), _cases_in(ref_dir)
+    preds, refs = mask_files(pred_dir), mask_files(ref_dir)
     common = sorted(set(preds) & set(refs))
     if not common:
         raise InputError(
@@ -429,39 +430,11 @@ def write_metrics(result: Mapping, path: str | Path, overwrite: bool = False, ca
             writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
         io.atomic_write_text(path, buf.getvalue(), overwrite=overwrite)
     else:
-        _check_metrics_format(path)
+        check_metrics_format(path)
     return path
 
 
-def _check_metrics_format(path: Path) -> None:
+def check_metrics_format(path: Path) -> None:
+    """``OutputError`` unless ``path`` ends in ``.json`` or ``.csv`` (checked before any work is done)."""
     if path.suffix.lower() not in (".json", ".csv"):
         raise OutputError(f"{path}: unknown metrics format {path.suffix!r} (use .json or .csv)")
-
-
-def evaluate_command(
-    pred: str | Path,
-    ref: str | Path,
-    *,
-    ref_map: str | None = None,
-    pred_map: str | None = None,
-    beta: float = 0.5,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    labels: LabelMap = LabelMap(),
-    echo: object = print,
-) -> dict:
-    """What ``organseg evaluate`` does: evaluate a file pair or two folders, print the table, write ``out``."""
-    pred, ref = Path(pred), Path(ref)
-    if out is not None:
-        io.check_writable(out, overwrite=overwrite)
-        _check_metrics_format(Path(out))
-    kwargs = dict(labels=labels, ref_map=ref_map, pred_map=pred_map, beta=beta)
-    if pred.is_dir() and ref.is_dir() and _cases_in(pred):
-        result = evaluate_folder(pred, ref, **kwargs)
-    else:
-        result = evaluate(pred, ref, **kwargs)
-    echo(format_table(result))
-    if out is not None:
-        write_metrics(result, out, overwrite=overwrite, case=case_name(pred) or pred.name)
-        echo(f"wrote {out}")
-    return result

@@ -17,7 +17,6 @@ from organseg.config import LabelMap
 from organseg.errors import ConfigError, InputError
 from organseg.metrics import (
     evaluate,
-    evaluate_command,
     evaluate_folder,
     format_table,
     organ_scores,
@@ -267,6 +266,8 @@ def test_evaluate_folder_and_writers(tmp_path: Path) -> None:
 
 
 def test_evaluate_command_prints_and_writes(tmp_path: Path) -> None:
+    from organseg.cli import evaluate_command
+
     _save(blobs(seed=1), tmp_path / "pred.nii.gz")
     _save(blobs(seed=0), tmp_path / "ref.nii.gz")
     lines: list[str] = []

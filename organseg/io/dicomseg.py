@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from organseg.config import LabelMap
 from organseg.errors import InputError, OutputError
 from organseg.io.atomic import atomic_path
 from organseg.io.dicom import _choose_series, _safe_members
 from organseg.io.formats import LPS_TO_RAS, _first_line
 from organseg.io.volume import IMAGE_SUFFIXES
 from organseg.io.writers import organseg_version
+from organseg.labels import LabelMap
 
 __all__ = ["ORGAN_CODES", "check_dicom_seg_request", "source_datasets", "write_dicom_seg", "write_series_seg"]
 

@@ -167,6 +167,6 @@ def organseg_version() -> str:
     try:
         return importlib.metadata.version("organseg")
     except importlib.metadata.PackageNotFoundError:
-        import organseg
+        from organseg.version import __version__
 
-        return str(getattr(organseg, "__version__", "unknown"))
+        return __version__

@@ -6,7 +6,7 @@ checkpoints, resume), ``control`` (Ctrl-C flag, LR schedule, precision, RNG stat
 """
 
 from organseg.modelstore import is_run_dir
-from organseg.training.api import dry_run, fold_indices, resolve_device, train, train_command
+from organseg.training.api import dry_run, fold_indices, resolve_device, train
 from organseg.training.control import InterruptFlag, TrainingInterrupted
 from organseg.training.runfolder import RunWriter, check_run_dir
 
@@ -20,5 +20,4 @@ __all__ = [
     "is_run_dir",
     "resolve_device",
     "train",
-    "train_command",
 ]

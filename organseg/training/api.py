@@ -9,20 +9,18 @@ Example:
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from organseg.config import Config, load_config, replace_path
+from organseg.config import Config
 from organseg.errors import ConfigError, InputError, ModelError, OrgansegError
 from organseg.modelstore import BEST, LAST, RUN_MARKER, fold_dir
 from organseg.runtime import cpu_threads, resolve_device
 from organseg.training import data as D
-from organseg.training.control import InterruptFlag, TrainingInterrupted
+from organseg.training.control import InterruptFlag
 from organseg.training.distributed import (
     DistContext,
     agree_on_error,
@@ -31,7 +29,6 @@ from organseg.training.distributed import (
     rank_batch_size,
     rank_config,
     rank_loader_factory,
-    session,
 )
 from organseg.training.loop import (
     FoldTrainer,
@@ -60,9 +57,9 @@ def _quiet(message: str) -> None:
 
 
 def _version() -> str:
-    import organseg
+    from organseg.version import __version__
 
-    return str(getattr(organseg, "__version__", "0+unknown"))
+    return __version__
 
 
 def train(
@@ -324,56 +321,3 @@ def dry_run(cfg: Config, data_dir: Path | str | None = None, print_fn=print) -> 
     for key, value in info.items():
         print_fn(f"{key:>18}: {value}")
     return info
-
-
-_describe = dry_run  # train_command's ``dry_run`` flag shadows the function's name
-
-
-# --------------------------------------------------------------------------------------- CLI
-
-
-def train_command(
-    config: str | Path = "abdomen",
-    data_dir: Path | None = None,
-    run_dir: Path | None = None,
-    fold: int | None = None,
-    all_folds: bool = False,
-    resume_dir: Path | None = None,
-    epochs: int | None = None,
-    overrides: Sequence[tuple[str, object]] = (),
-    device: str | None = None,
-    dry_run: bool = False,
-) -> Path | None:
-    """What ``organseg train`` does; a resumed run uses the config saved in its folder."""
-    if resume_dir is not None:
-        run_dir = check_run_dir(resume_dir)
-        cfg = load_config(run_dir / "config.yaml")
-    else:
-        cfg = load_config(config)
-    for key, value in overrides:
-        cfg = replace_path(cfg, key, value)
-    if epochs is not None:
-        cfg = replace_path(cfg, "train.epochs", epochs)
-    if dry_run:
-        _describe(cfg, data_dir)
-        return None
-    if run_dir is None:
-        run_dir = Path("runs") / f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}"
-    if all_folds:
-        folds: int | Sequence[int] | str = "all"
-    elif fold is not None:
-        folds = fold
-    elif resume_dir is not None:
-        folds = json.loads((run_dir / RUN_MARKER).read_text()).get("folds", [0])
-    else:
-        folds = 0
-    with session(device) as ctx:  # under torchrun: DDP over its processes; else one process
-        run_dir = from_main(run_dir, ctx)  # the ranks may have read the clock in different seconds
-        try:
-            train(cfg, data_dir, run_dir, folds=folds, resume=resume_dir is not None, device=device, dist=ctx)
-        except TrainingInterrupted as err:
-            print(f"organseg: {err}", file=sys.stderr)
-            raise SystemExit(130) from None
-    if ctx.is_main:
-        print(f"run folder: {run_dir}")
-    return run_dir
