@@ -329,7 +329,9 @@ def patch_transforms(cfg: Config) -> list:
     """Pad to the patch size, then sample ``samples_per_volume`` pos/neg-balanced patches."""
     t = cfg.train
     return [
-        SpatialPadd(IMAGE_LABEL, spatial_size=t.patch_size),
+        # A volume thinner than the patch (a thin slab) is padded the way inference pads its windows
+        # (``infer.padding``), so the network trains on what it will see.
+        SpatialPadd(IMAGE_LABEL, spatial_size=t.patch_size, mode=cfg.infer.padding),
         RandCropByPosNegLabeld(
             IMAGE_LABEL,
             label_key="label",

@@ -176,3 +176,24 @@ def test_load_volumed_takes_arrays_with_an_affine():
     assert out["image"].shape == (1, 5, 6, 7) and out["image"].dtype == torch.float32
     assert out["label"].dtype == torch.uint8
     assert np.allclose(out["image"].affine.numpy(), affine)
+
+
+def test_thin_volume_is_padded_like_inference_windows() -> None:
+    """A slab thinner than the patch is padded by repeating its edge slices (``infer.padding``)."""
+    from monai.transforms import Compose
+
+    from organseg.transforms import patch_transforms
+
+    cfg = load_config("demo")
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 70, 70, 10)).astype(np.float32) + 0.5
+    label = np.zeros((1, 70, 70, 10), np.uint8)
+    label[0, 20:50, 20:50, :] = 1
+    patch = Compose(patch_transforms(cfg))({"image": image, "label": label})[0]
+    img = np.asarray(patch["image"])[0]
+    assert img.shape[2] == cfg.train.patch_size[2]
+    # 10 slices padded to 64: 27 copies of the first slice before, 27 of the last after.
+    z0, z1 = (img.shape[2] - 10) // 2, (img.shape[2] - 10) // 2 + 10
+    np.testing.assert_array_equal(img[:, :, :z0], np.repeat(img[:, :, z0 : z0 + 1], z0, axis=2))
+    np.testing.assert_array_equal(img[:, :, z1:], np.repeat(img[:, :, z1 - 1 : z1], img.shape[2] - z1, axis=2))
+    assert img.min() > 0.4  # no zero block
