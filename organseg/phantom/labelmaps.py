@@ -209,11 +209,14 @@ def _body(fg: np.ndarray, grid: Grid, rng: np.random.Generator) -> tuple[np.ndar
 
 def _table(tissue: np.ndarray, body: np.ndarray, grid: Grid, rng: np.random.Generator) -> bool:
     """A patient table under the back (world -y), in place: a dense shell over foam, where it fits the grid."""
-    rows = np.flatnonzero(body.any(axis=(0, 2)))
-    if rows.size == 0 or rng.random() < 0.35:
+    per_slice = body.any(axis=0)  # (y, z)
+    slices = np.flatnonzero(per_slice.any(axis=0))
+    if slices.size == 0 or rng.random() < 0.35:
         return False
     y = grid.axis(1)
-    top = y[rows[0]] - rng.uniform(0, 6)
+    # the back lies on the table: its top just under most slices' posterior-most body voxel
+    back = np.percentile([y[np.argmax(per_slice[:, k])] for k in slices], 10)
+    top = back - rng.uniform(0, 6)
     shell_mm, foam_mm = rng.uniform(2, 6), rng.uniform(20, 50)
     x = grid.axis(0)
     centre = x[np.flatnonzero(body.any(axis=(1, 2)))].mean()
@@ -224,6 +227,18 @@ def _table(tissue: np.ndarray, body: np.ndarray, grid: Grid, rng: np.random.Gene
     tissue[air & across & shell] = T.TABLE_SHELL
     tissue[air & across & foam] = T.TABLE_FOAM
     return True
+
+
+def _liver_inside(tissue: np.ndarray, liver: np.ndarray, grid: Grid, rng: np.random.Generator) -> None:
+    """Hepatic and portal vessel branches (where two smooth fields both cross zero: tubes) and, sometimes, lesions."""
+    if not liver.any():
+        return
+    f1, f2 = _smooth(rng, grid, rng.uniform(25, 45)), _smooth(rng, grid, rng.uniform(25, 45))
+    width = rng.uniform(0.15, 0.3)
+    tubes = liver & (np.abs(f1) < width) & (np.abs(f2) < width)
+    tissue[tubes] = rng.choice([T.PORTAL_BLOOD, T.VENOUS_BLOOD])
+    if rng.random() < 0.2:
+        tissue[liver & (f1 * f2 > rng.uniform(0.8, 1.5))] = T.LIVER_LESION
 
 
 def _tissues(
@@ -251,6 +266,11 @@ def _tissues(
         m = kind == _KIND_ID[name]
         return m & ~_shell(m)
 
+    if rng.random() < 0.7:  # perirenal fat: real kidneys sit in fat, which the maps do not label
+        reach = max(1, int(round(rng.uniform(3, 10) / min(grid.spacing_mm))))
+        near = ndimage.binary_dilation(kind == _KIND_ID["kidney"], iterations=reach)
+        tissue[near & empty & cavity] = T.VISCERAL_FAT
+    _liver_inside(tissue, interior("liver"), grid, rng)
     tissue[interior("bone")] = T.BONE_CANCELLOUS
     tissue[interior("heart")] = T.CARDIAC_BLOOD
     kid = interior("kidney")
