@@ -100,6 +100,17 @@ class LossConfig:
     tversky_beta: float = 0.7
 
 
+#: ``SyntheticConfig`` fields that are the shares of phantoms with a ``phantom.variants.Variants`` variant.
+VARIANT_FRACTIONS: tuple[str, ...] = (
+    "thin_slab_fraction",
+    "arms_fraction",
+    "table_fraction",
+    "truncation_fraction",
+    "bowel_contrast_fraction",
+    "extreme_organs_fraction",
+)
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """On-the-fly phantom generation during training (the built-in model is trained this way)."""
@@ -118,6 +129,14 @@ class SyntheticConfig:
     label_maps: tuple[str, ...] = ()
     label_map_classes: str = ""  # JSON id -> structure name, for multilabel files
     label_map_fraction: float = 0.0
+    # fields of view and bodies users meet (``phantom.variants.Variants``): the share of phantoms that get each
+    thin_slab_fraction: float = 0.0  # a 20-60 mm slab through the organs
+    arms_fraction: float = 0.0  # arms beside the body
+    table_fraction: float = 0.0  # the CT table always in view
+    truncation_fraction: float = 0.0  # body wider than the field of view
+    rotation_deg: float = 0.0  # patients turned by up to this angle about z (0-45)
+    bowel_contrast_fraction: float = 0.0  # positive oral contrast in bowel beside the spleen
+    extreme_organs_fraction: float = 0.0  # small or very large liver and spleen
 
 
 @dataclass(frozen=True)
@@ -336,6 +355,11 @@ def _check_values(obj: Any, source: str, prefix: str) -> None:
             raise bad("wild_fraction", f"must be in [0, 1], got {obj.wild_fraction}")
         if not 0 <= obj.label_map_fraction <= 1:
             raise bad("label_map_fraction", f"must be in [0, 1], got {obj.label_map_fraction}")
+        for name in VARIANT_FRACTIONS:
+            if not 0 <= getattr(obj, name) <= 1:
+                raise bad(name, f"must be in [0, 1], got {getattr(obj, name)}")
+        if not 0 <= obj.rotation_deg <= 45:
+            raise bad("rotation_deg", f"must be in [0, 45] degrees, got {obj.rotation_deg}")
     elif isinstance(obj, InferConfig):
         if not 0 <= obj.overlap < 1:
             raise bad("overlap", f"must be in [0, 1), got {obj.overlap}")

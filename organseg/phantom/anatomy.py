@@ -9,7 +9,7 @@ contrast and noise (``appearance.render``) at no anatomy cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from organseg.phantom import gut as gut_mod
 from organseg.phantom import organs as organs_mod
 from organseg.phantom import skeleton as skel_mod
 from organseg.phantom import thorax as thorax_mod
+from organseg.phantom import variants as variants_mod
 from organseg.phantom import vessels as vessels_mod
 from organseg.phantom.canvas import Canvas
 from organseg.phantom.fields import Grid
@@ -43,6 +44,7 @@ class Anatomy:
     implants: list[tuple[np.ndarray, np.ndarray, float]]
     top_mm: float
     bottom_mm: float
+    variant: variants_mod.Draw = variants_mod.NONE  # arms, table, oral contrast, organ sizes (``variants``)
 
     def organ_z_range(self) -> tuple[float, float]:
         """Lowest and highest z (mm) of the four target organs (templates, before warps and clipping)."""
@@ -50,21 +52,27 @@ class Anatomy:
         return float(ranges[:, 0].min()), float(min(ranges[:, 1].max(), self.thorax.dome.right_peak[2]))
 
 
-def sample_anatomy(rng: np.random.Generator, perirenal_fat: bool = False) -> Anatomy:
+def sample_anatomy(
+    rng: np.random.Generator, perirenal_fat: bool = False, variant: variants_mod.Draw = variants_mod.NONE
+) -> Anatomy:
     """Draw one patient. Deterministic for a given generator state.
 
     ``perirenal_fat``: wrap each kidney in a layer of fat (``organs.paint_perirenal_fat``). Its thickness is
     drawn either way, after everything else, so the option changes nothing but that layer.
+    ``variant``: what ``variants.Variants.draw`` gave this phantom (organ volumes, arms, table, oral contrast);
+    it takes nothing from ``rng``.
     """
     sk = skel_mod.sample_skeleton(rng)
     body = body_mod.sample_body(rng, sk)
+    if variant.table is not None and body.table is None:
+        body = replace(body, table=variant.table)
     muscles = body_mod.sample_muscle_params(rng)
     dome = thorax_mod.sample_dome(rng, sk, body)
     top = sk.z("T6") + 30
     bottom = sk.z("S1") - 140
     thorax = thorax_mod.sample_thorax(rng, sk, dome, top)
-    liver = organs_mod.sample_liver(rng, sk, body, dome)
-    spleen = organs_mod.sample_spleen(rng, sk, body, dome)
+    liver = organs_mod.sample_liver(rng, sk, body, dome, volume_ml=variant.liver_ml)
+    spleen = organs_mod.sample_spleen(rng, sk, body, dome, volume_ml=variant.spleen_ml)
     kidneys = organs_mod.sample_kidneys(rng, sk, body, spleen, muscles)
     gallbladder = organs_mod.sample_gallbladder(rng, liver)
     pancreas = gut_mod.sample_pancreas(rng, sk, spleen)
@@ -76,7 +84,7 @@ def sample_anatomy(rng: np.random.Generator, perirenal_fat: bool = False) -> Ana
         kidney.extras["perirenal_fat"] = growth if perirenal_fat else 0.0
     organs = {"liver": liver, "spleen": spleen, **kidneys}
     return Anatomy(
-        sk, body, muscles, thorax, organs, gallbladder, pancreas, gut, vessels, implants, top, bottom
+        sk, body, muscles, thorax, organs, gallbladder, pancreas, gut, vessels, implants, top, bottom, variant
     )
 
 
@@ -104,16 +112,18 @@ def _sample_implants(rng, sk, liver, cholecystectomy: bool) -> list:
     return out
 
 
-def rasterize(anatomy: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+def rasterize(anatomy: Anatomy, grid: Grid, table: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Paint ``anatomy`` on ``grid``: (tissue, structure) uint8 maps, index order (x, y, z).
 
     Painting order does not decide overlaps (structure priorities do), except that inner detail
-    is painted after the structure that holds it.
+    is painted after the structure that holds it. ``table=False`` leaves the table out (to paint it
+    after turning the patient: ``variants.rotate_maps``).
     """
     canvas = Canvas(grid)
     a = anatomy
     body_mod.paint_body(canvas, a.body)
-    body_mod.paint_table(canvas, a.body)
+    if table:
+        body_mod.paint_table(canvas, a.body)
     gut_mod.paint_gut(canvas, a.gut)
     gut_mod.paint_pancreas(canvas, a.pancreas)
     organs_mod.paint_liver(canvas, a.organs["liver"])
@@ -131,6 +141,8 @@ def rasterize(anatomy: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     skel_mod.paint_ribs(canvas, a.skeleton, a.body)
     for p, q, r in a.implants:
         canvas.tube([p, q], [r, r], "implant", Tissue.METAL)
+    variants_mod.paint_bowel_contrast(canvas, a.organs["spleen"], a.variant.bowel_contrast)
+    variants_mod.paint_arms(canvas, a.body, a.skeleton, a.variant.arms)
     return canvas.tissue, canvas.structure
 
 

@@ -265,6 +265,7 @@ def render(
     noise_sd_hu: float | None = None,
     thickness_mm: float | None = None,
     artefacts: bool = True,
+    fixed_hu: dict[int, float] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """CT intensities (float32 HU, same shape as ``tissue``) and what was drawn.
 
@@ -277,10 +278,15 @@ def render(
             between 0.8x and 1.5x the slice spacing, within 0.6..5 mm.
         artefacts: allow beam-hardening streaks, metal streaks, rings and padding outside the
             reconstruction circle (each drawn with a small probability).
+        fixed_hu: mean HU of tissues drawn elsewhere (``Tissue.ORAL_CONTRAST`` by ``variants``; 300 HU
+            when not given); setting them takes nothing from ``rng``, so the rest of the look is unchanged.
     """
     spacing = tuple(float(s) for s in spacing_mm)
     grid = Grid((0.0, 0.0, 0.0), spacing, tuple(tissue.shape))
     lut, info = draw_tissue_hu(rng, phase)
+    lut[T.ORAL_CONTRAST] = 300.0
+    for t, hu in (fixed_hu or {}).items():
+        lut[int(t)] = hu
     image = lut[tissue]
     _texture(rng, grid, tissue, image)
     if thickness_mm is None:

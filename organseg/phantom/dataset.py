@@ -19,9 +19,12 @@ from organseg import io
 from organseg.config import LabelMap
 from organseg.errors import ConfigError, OutputError
 from organseg.phantom import appearance
+from organseg.phantom import variants as variants_mod
 from organseg.phantom.anatomy import FOVS, Anatomy, rasterize, sample_anatomy, sample_fov_z
+from organseg.phantom.body import paint_table
+from organseg.phantom.canvas import Canvas
 from organseg.phantom.fields import Grid
-from organseg.phantom.tissues import STRUCTURES, sid
+from organseg.phantom.tissues import STRUCTURES, Tissue, sid
 
 ORIENTATIONS_RANDOM: dict[str, float] = {"RAS": 0.4, "LPS": 0.4, "LAS": 0.2}
 _SLICE_SPACINGS = np.array([1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0])
@@ -58,11 +61,18 @@ class _Scene:
     tissue: np.ndarray
     structure: np.ndarray
     info: dict
+    fixed_hu: dict = field(default_factory=dict)
 
 
 def _streams(seed: int | np.random.Generator) -> list[np.random.Generator]:
     root = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return root.spawn(4)  # anatomy, geometry, appearance, orientation
+    return root.spawn(
+        5
+    )  # anatomy, geometry, appearance, orientation, variants (the first four as with spawn(4))
+
+
+def _draw_variants(rng: np.random.Generator, options: variants_mod.Variants | None) -> variants_mod.Draw:
+    return options.draw(rng) if options is not None and options.any else variants_mod.NONE
 
 
 def check_options(phase: str, orientation: str, fov: str | None) -> None:
@@ -86,17 +96,36 @@ def _axis_of(code: str) -> int:
 
 
 def _choose_grid(rng, anatomy: Anatomy, spacing_mm, shape, fov, max_voxels) -> tuple[Grid, dict]:
-    """A RAS grid in the patient frame: spacing, then array size, then where it sits."""
+    """A RAS grid in the patient frame: spacing, then array size, then where it sits.
+
+    The anatomy's variant (``variants.Draw``) narrows z to a thin slab, widens x for the arms, lowers y for
+    the table and crops x for truncation; it takes nothing from ``rng``, so without variants the grid is as before.
+    """
     fov_name, z0, z1 = sample_fov_z(rng, anatomy, fov)
+    var = anatomy.variant
+    if var.thin_slab is not None and shape is None:
+        thickness, where = var.thin_slab
+        lo, hi = anatomy.organ_z_range()
+        mid = lo + 10 + where * max(hi - lo - 20, 0.0)
+        fov_name, z0, z1 = "thin_slab", mid - thickness / 2, mid + thickness / 2
     body = anatomy.body
     half_width, front, back, _ = body.profile(np.linspace(z0, z1, 16))
-    x_half = float(half_width.max())
+    x_half = float(half_width.max()) + variants_mod.arm_reach_mm(body, z0, z1, var.arms)
     y_lo, y_hi = body.y_widest - float(back.max()), body.y_widest + float(front.max())
+    if var.table is not None and body.table is not None:
+        t = body.table
+        y_lo -= t["gap_mm"] + 2 * t["shell_mm"] + t["foam_mm"] + 2
+
     if spacing_mm is None:  # clinical: 0.7-1.0 mm pixels in a 512 x 512 matrix, 1-5 mm slices
         d_xy = float(rng.uniform(0.7, 1.0))
         spacing = (d_xy, d_xy, float(rng.choice(_SLICE_SPACINGS, p=_SLICE_WEIGHTS)))
         dims = [512, 512]
         center = np.array([rng.normal(0, 8), 0.5 * (y_lo + y_hi) + rng.normal(0, 15)])
+        if var.truncation is not None and shape is None:  # a reconstruction circle narrower than the body
+            keep, side = var.truncation
+            d_xy = 2 * x_half * keep / 512
+            spacing = (d_xy, d_xy, spacing[2])
+            center[0] = 0.6 * side * x_half * (1 - keep)
     else:  # training: the body and a margin
         spacing = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing_mm, float), (3,)))
         margin = rng.uniform(5, 25, size=2)
@@ -105,6 +134,10 @@ def _choose_grid(rng, anatomy: Anatomy, spacing_mm, shape, fov, max_voxels) -> t
             int(np.ceil((y_hi - y_lo + 2 * margin[1]) / spacing[1])),
         ]
         center = np.array([0.0, 0.5 * (y_lo + y_hi)])
+        if var.truncation is not None and shape is None:  # the body wider than the field of view
+            keep, side = var.truncation
+            dims[0] = int(np.ceil(2 * x_half * keep / spacing[0]))
+            center[0] = 0.6 * side * x_half * (1 - keep)
     if shape is not None:  # a fixed array, centred near the organs, somewhere in the drawn field of view
         dims = [int(shape[0]), int(shape[1])]
         organs = np.array([o.center for o in anatomy.organs.values()])
@@ -123,10 +156,18 @@ def _choose_grid(rng, anatomy: Anatomy, spacing_mm, shape, fov, max_voxels) -> t
     return grid, {"fov": fov_name, "spacing_mm": [round(v, 4) for v in spacing], "shape": list(grid.shape)}
 
 
-def _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat=False) -> _Scene:
-    anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat)
+def _build_scene(
+    anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat=False, variant=variants_mod.NONE
+) -> _Scene:
+    anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat, variant=variant)
     grid, info = _choose_grid(geom_rng, anatomy, spacing_mm, shape, fov, max_voxels)
-    tissue, structure = rasterize(anatomy, grid)
+    turn = variant.rotation_deg
+    tissue, structure = rasterize(anatomy, grid, table=not turn)
+    if turn:  # the patient lies turned on a straight table
+        canvas = Canvas(grid)
+        canvas.tissue, canvas.structure = variants_mod.rotate_maps(tissue, structure, turn)
+        paint_table(canvas, anatomy.body)
+        tissue, structure = canvas.tissue, canvas.structure
     # world = patient frame + offset: patients lie near the isocentre, the table moves along z
     offset = np.array(
         [
@@ -136,7 +177,12 @@ def _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, periren
         ]
     )
     info["girth"] = round(anatomy.body.girth, 3)
-    return _Scene(anatomy, grid, offset, tissue, structure, info)
+    fixed_hu = {}
+    if variant is not variants_mod.NONE:
+        info["variants"] = variant.summary()
+        if variant.bowel_contrast is not None:
+            fixed_hu[Tissue.ORAL_CONTRAST] = variant.bowel_contrast["hu"]
+    return _Scene(anatomy, grid, offset, tissue, structure, info, fixed_hu)
 
 
 def label_lut(labels: LabelMap) -> np.ndarray:
@@ -159,7 +205,9 @@ def _finish(
     scene: _Scene, app_rng, orient_rng, orientation: str, phase: str, labels: LabelMap, artefacts: bool
 ) -> Phantom:
     grid = scene.grid
-    hu, app_info = appearance.render(scene.tissue, grid.spacing_mm, app_rng, phase, artefacts=artefacts)
+    hu, app_info = appearance.render(
+        scene.tissue, grid.spacing_mm, app_rng, phase, artefacts=artefacts, fixed_hu=scene.fixed_hu
+    )
     image = np.clip(np.rint(hu), -1024 if not app_info.get("padding") else -3024, 3071).astype(np.int16)
     label = label_lut(labels)[scene.structure]
     affine = np.diag([*grid.spacing_mm, 1.0])
@@ -193,11 +241,13 @@ def generate_phantom(
     max_voxels: int = DEFAULT_MAX_VOXELS,
     artefacts: bool = True,
     perirenal_fat: bool = False,
+    variants: variants_mod.Variants | None = None,
 ) -> Phantom:
     """One case with everything it was made from (see ``generate_case`` for the arguments)."""
     check_options(phase, orientation, fov)
-    anat_rng, geom_rng, app_rng, orient_rng = _streams(seed)
-    scene = _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat)
+    anat_rng, geom_rng, app_rng, orient_rng, var_rng = _streams(seed)
+    draw = _draw_variants(var_rng, variants)
+    scene = _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat, draw)
     phantom = _finish(scene, app_rng, orient_rng, orientation, phase, labels, artefacts)
     if not isinstance(seed, np.random.Generator):
         phantom.info["seed"] = int(seed)
@@ -205,7 +255,12 @@ def generate_phantom(
 
 
 def phantom_structure(
-    seed: int | np.random.Generator, *, spacing_mm=4.0, fov: str | None = "whole", perirenal_fat: bool = False
+    seed: int | np.random.Generator,
+    *,
+    spacing_mm=4.0,
+    fov: str | None = "whole",
+    perirenal_fat: bool = False,
+    variants: variants_mod.Variants | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A phantom's structure map (uint8, RAS array order, ids index ``STRUCTURES``) and its voxel -> RAS+ mm affine.
 
@@ -216,12 +271,15 @@ def phantom_structure(
     """
     whole = fov == "whole"
     check_options("random", "RAS", None if whole else fov)
-    anat_rng, geom_rng, _, _ = _streams(seed)
+    anat_rng, geom_rng, _, _, var_rng = _streams(seed)
+    draw = _draw_variants(var_rng, variants)
     if not whole:
-        scene = _build_scene(anat_rng, geom_rng, spacing_mm, None, fov, DEFAULT_MAX_VOXELS, perirenal_fat)
+        scene = _build_scene(
+            anat_rng, geom_rng, spacing_mm, None, fov, DEFAULT_MAX_VOXELS, perirenal_fat, draw
+        )
         grid, offset, structure = scene.grid, scene.world_offset_mm, scene.structure
     else:
-        anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat)
+        anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat, variant=draw)
         spacing = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing_mm, float), (3,)))
         z = np.linspace(anatomy.bottom_mm, anatomy.top_mm, 32)
         half_width, front, back, _ = anatomy.body.profile(z)
@@ -255,6 +313,7 @@ def generate_case(
     max_voxels: int = DEFAULT_MAX_VOXELS,
     artefacts: bool = True,
     perirenal_fat: bool = False,
+    variants: variants_mod.Variants | None = None,
 ) -> tuple[io.Volume, io.Volume]:
     """A synthetic abdominal CT and its organ labels: ``(image, label)``.
 
@@ -275,6 +334,9 @@ def generate_case(
         artefacts: allow streaks, metal, rings and padding (each drawn with small probability).
         perirenal_fat: wrap the kidneys in fat that parts them from liver and spleen, as on real CT (the
             built-in model's training phantoms have it; off by default so that seeded cases stay as they were).
+        variants: how often the fields of view and bodies of ``variants.Variants`` happen (thin slab, arms,
+            table, truncation, rotation, oral contrast beside the spleen, extreme liver and spleen sizes), drawn
+            from the case's own stream; ``None`` (default): none of them, the case is as without this option.
 
     Returns:
         ``image`` (int16 HU) and ``label`` (uint8) ``Volume``s on the same grid.
@@ -287,6 +349,7 @@ def generate_case(
     p = generate_phantom(
         seed, spacing_mm=spacing_mm, shape=shape, fov=fov, orientation=orientation, phase=phase,
         labels=labels, max_voxels=max_voxels, artefacts=artefacts, perirenal_fat=perirenal_fat,
+        variants=variants,
     )  # fmt: skip
     return p.image, p.label
 

@@ -145,7 +145,8 @@ def _placed(rng, kind, structure, shape, volume_ml, axes, center_fn, warp_step, 
 # --------------------------------------------------------------------------------------- sampling
 
 
-def sample_liver(rng, sk, body, dome) -> Organ:
+def sample_liver(rng, sk, body, dome, volume_ml: float | None = None) -> Organ:
+    """The liver under the right dome, its lateral edge at the body wall (``volume_ml``: instead of the drawn one)."""
     a_r = rng.uniform(62, 75)
     shape = {
         "aR": a_r,
@@ -164,6 +165,8 @@ def sample_liver(rng, sk, body, dome) -> Organ:
         "kU": rng.uniform(-0.1, 0.3),
     }
     volume = rng.uniform(1000, 2500) * LIVER_LOSS
+    if volume_ml is not None:  # drawn anyway above, so the draws that follow stay the same
+        volume = volume_ml * LIVER_LOSS
     above = rng.uniform(-10, 5)
     overshoot = rng.uniform(0, 8)
     fill = rng.uniform(0.92, 1.05)
@@ -209,7 +212,8 @@ def sample_liver(rng, sk, body, dome) -> Organ:
     )
 
 
-def sample_spleen(rng, sk, body, dome) -> Organ:
+def sample_spleen(rng, sk, body, dome, volume_ml: float | None = None) -> Organ:
+    """The spleen posterolateral under the left dome (``volume_ml``: instead of the drawn one)."""
     shape = {
         "a": rng.uniform(18, 26),
         "b": rng.uniform(38, 52),
@@ -217,6 +221,8 @@ def sample_spleen(rng, sk, body, dome) -> Organ:
         "bend": rng.uniform(0.15, 0.45),
     }
     volume = float(np.exp(rng.uniform(np.log(95), np.log(440)))) * SPLEEN_LOSS
+    if volume_ml is not None:
+        volume = volume_ml * SPLEEN_LOSS
     phi = rng.uniform(66, 96)  # around the posterior axillary line
     tilt = rng.uniform(30, 55)  # its long axis follows ribs 9-11: real spleens span ~80-90 mm head-foot
     inward = np.array([np.sin(np.deg2rad(phi)), np.cos(np.deg2rad(phi))])

@@ -57,6 +57,7 @@ class Tissue(IntEnum):
     STOOL = 33
     BLADDER_URINE = 34
     METAL = 35
+    ORAL_CONTRAST = 36  # positive oral contrast in the bowel (``variants``: its HU is set per case)
 
 
 N_TISSUES = len(Tissue)
@@ -114,6 +115,8 @@ VERTEBRAE: tuple[str, ...] = tuple(f"T{i}" for i in range(6, 13)) + tuple(f"L{i}
 RIB_NUMBERS: tuple[int, ...] = (6, 7, 8, 9, 10, 11, 12)
 _STRUCTURES += [(f"vertebrae_{v}", 97) for v in VERTEBRAE]
 _STRUCTURES += [(f"rib_{side}_{n}", 97) for side in ("right", "left") for n in RIB_NUMBERS]
+# appended (ids above stay): the arms of the ``arms`` variant, painted only into air
+_STRUCTURES += [("arm_right", 94), ("arm_left", 94), ("humerus_right", 97), ("humerus_left", 97)]
 
 #: Every structure name a phantom can contain, in id order (``STRUCTURES[0] == "background"``).
 STRUCTURES: tuple[str, ...] = tuple(name for name, _ in _STRUCTURES)

@@ -24,7 +24,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from organseg import transforms as T
-from organseg.config import Config
+from organseg.config import VARIANT_FRACTIONS, Config
 from organseg.errors import ConfigError, InputError
 from organseg.labels import describe_unexpected, label_voxel_counts, remap_labels
 
@@ -251,7 +251,9 @@ def generate_phantom(seed: int, cfg: Config) -> dict:
     A share ``train.synthetic.wild_fraction`` of the seeds (chosen from the seed alone) gets the
     ``wild`` phase, every tissue's HU drawn on its own (domain randomization); the others a real phase.
     A share ``train.synthetic.label_map_fraction`` of the seeds (also from the seed alone) is rendered
-    from a real label map instead (``phantom.labelmaps.training_sample``).
+    from a real label map instead (``phantom.labelmaps.training_sample``). The ``*_fraction`` variants
+    (thin slab, arms, table, truncation, oral contrast, extreme organs) and ``rotation_deg`` go to the
+    phantom as ``phantom.variants.Variants``, which draws them from the seed's own stream.
     """
     import inspect
 
@@ -270,6 +272,11 @@ def generate_phantom(seed: int, cfg: Config) -> dict:
         "perirenal_fat": syn.perirenal_fat,
         "phase": "wild" if wild else "random",
     }
+    if syn.rotation_deg > 0 or any(getattr(syn, name) > 0 for name in VARIANT_FRACTIONS):
+        from organseg.phantom.variants import Variants
+
+        shares = {name.removesuffix("_fraction"): getattr(syn, name) for name in VARIANT_FRACTIONS}
+        options["variants"] = Variants(rotation_deg=syn.rotation_deg, **shares)
     image, label = phantom.generate_case(seed, **{k: v for k, v in options.items() if k in accepted})
     return {"image": image, "label": label, "name": f"phantom_{seed}"}
 
