@@ -4,7 +4,12 @@ Each case runs in a fresh Python process so its peak resident memory (``ru_maxrs
 
 * ``real``: the TotalSegmentator example mask (122x101x30 at 3 mm), remapped to organseg labels;
 * ``synthetic``: a 512x512x300 mask at 0.78x0.78x1.5 mm with four lumpy organs (liver about 1.8 l),
-  the size of a typical abdominal CT.
+  the size of a typical abdominal CT;
+* ``thick``: real anatomy with thick slices -- the four organs of TotalSegmentator subject s0011
+  (``../shared/data/anatomy``, 1.5 mm) resampled (nearest) onto a 0.8x0.8x2.5 mm grid, 383x272x93.
+
+Before/after a change to the renderer: run once with the old package first on the path
+(``PYTHONPATH=/path/to/old/checkout``; the child processes inherit it) and once without.
 
 Run from the repository root::
 
@@ -33,6 +38,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_SEG = REPO.parent / "shared" / "data" / "totalseg-example" / "seg_totalsegmentator.nii.gz"
+ANATOMY = REPO.parent / "shared" / "data" / "anatomy" / "totalseg-s0011" / "labels.nii.gz"
+THICK_SPACING_MM = (0.8, 0.8, 2.5)
 TOTALSEG_TO_ORGANSEG = {1: 4, 2: 2, 3: 3, 5: 1}  # spleen, kidney_right, kidney_left, liver
 SYNTH_SHAPE = (512, 512, 300)
 SYNTH_SPACING_MM = (0.78, 0.78, 1.5)
@@ -58,6 +65,34 @@ def make_real(path: Path) -> None:
     for ts_id, ours in TOTALSEG_TO_ORGANSEG.items():
         mask[src == ts_id] = ours
     nib.save(nib.Nifti1Image(mask, img.affine), str(path))
+
+
+def make_thick(path: Path) -> None:
+    """s0011's liver, kidneys and spleen, cropped (1.5 cm margin) and resampled nearest to 0.8x0.8x2.5 mm."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    img = nib.load(str(ANATOMY))
+    lut = np.zeros(256, np.uint8)
+    for ts_id, ours in TOTALSEG_TO_ORGANSEG.items():
+        lut[ts_id] = ours
+    src = lut[np.asarray(img.dataobj)]
+    box = ndimage.find_objects((src > 0).astype(np.uint8))[0]
+    lo = [max(0, b.start - 10) for b in box]
+    hi = [min(n, b.stop + 10) for b, n in zip(box, src.shape, strict=True)]
+    src = src[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    target = np.array(THICK_SPACING_MM)
+    shape = np.floor((np.array(src.shape) - 1) * spacing / target).astype(int) + 1
+    index = np.meshgrid(*[np.arange(n) * t / s for n, t, s in zip(shape, target, spacing, strict=True)],
+                        indexing="ij", sparse=True)  # fmt: skip
+    mask = src[
+        tuple(np.clip(np.round(c).astype(int), 0, n - 1) for c, n in zip(index, src.shape, strict=True))
+    ]
+    affine = img.affine.copy()
+    affine[:3, 3] = img.affine[:3, :3] @ np.array(lo) + img.affine[:3, 3]
+    affine[:3, :3] = img.affine[:3, :3] @ np.diag(target / spacing)
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(path))
 
 
 def make_synthetic(path: Path) -> None:
@@ -150,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=72)
     parser.add_argument("--size", type=int, default=720, help="square frame side in pixels (even)")
-    parser.add_argument("--cases", default="real,synthetic", help="comma-separated: real, synthetic")
+    parser.add_argument(
+        "--cases", default="real,synthetic,thick", help="comma-separated: real, synthetic, thick"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -163,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         elif step == "make-synthetic":
             make_synthetic(path)
             print(json.dumps({}))
+        elif step == "make-thick":
+            make_thick(path)
+            print(json.dumps({}))
         else:
             print(json.dumps(run_case(path, args.frames, args.size, path.parent)))
         return
@@ -171,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
         for case in args.cases.split(","):
-            if case == "real" and not REAL_SEG.exists():
-                print(f"skipping real: {REAL_SEG} not found", file=sys.stderr)
+            needed = {"real": REAL_SEG, "thick": ANATOMY}.get(case)
+            if needed is not None and not needed.exists():
+                print(f"skipping {case}: {needed} not found", file=sys.stderr)
                 continue
             mask = Path(tmp) / f"{case}_mask.nii.gz"
             _child([f"make-{case}", str(mask)])

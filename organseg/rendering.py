@@ -46,6 +46,7 @@ from tqdm import tqdm
 from organseg.config import UNKNOWN_COLOR, LabelMap
 from organseg.errors import ConfigError, InputError, OutputError
 from organseg.io import Volume, atomic_path, check_writable, read_nifti
+from organseg.surfaces import organ_surface
 
 #: HU window of the CT plane (abdominal soft tissue), mapped to black..white.
 CT_HU_WINDOW: tuple[float, float] = (-175.0, 250.0)
@@ -152,7 +153,9 @@ def build_meshes(
         mask_volume: label mask (values 0..N; 0 is background) with its voxel -> RAS affine.
         labels: names of the label values. Values beyond the map are kept as ``label_<value>``, coloured
             ``config.UNKNOWN_COLOR``, with a warning.
-        smooth: windowed-sinc smoothing (VTK, non-shrinking) of the voxel staircase.
+        smooth: mesh a smoothed, isotropically resampled field whose iso-level keeps the organ's voxel
+            volume (``surfaces.organ_surface``: no terraces on thick slices), then a light Taubin pass;
+            ``False``: marching cubes on the raw mask (voxel staircase), as before.
         max_faces: decimate each surface to at most this many triangles (``None``: keep all).
 
     Each mesh carries ``field_data["rgb"]`` (0-255) and ``field_data["label_value"]``.
@@ -179,9 +182,13 @@ def build_meshes(
     for value in present:
         box = boxes[value - 1]
         offset = np.array([s.start for s in box], dtype=np.float64)
-        mesh = _surface(arr[box] == value, offset, mask_volume.affine)
-        if smooth and mesh.n_cells > 8:
-            mesh = mesh.smooth_taubin(n_iter=30, pass_band=0.05, normalize_coordinates=True)
+        if smooth:
+            xyz, faces = organ_surface(arr[box] == value, offset, mask_volume.affine)
+            mesh = pv.PolyData.from_regular_faces(xyz, faces)
+            if mesh.n_cells > 8:
+                mesh = mesh.smooth_taubin(n_iter=10, pass_band=0.1, normalize_coordinates=True)
+        else:
+            mesh = _surface(arr[box] == value, offset, mask_volume.affine)
         if max_faces and mesh.n_cells > max_faces:
             mesh = mesh.decimate(1.0 - max_faces / mesh.n_cells, volume_preservation=True)
         mesh = mesh.compute_normals(cell_normals=False, split_vertices=False, consistent_normals=False)
@@ -256,6 +263,19 @@ def _prefer_headless_window() -> None:
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 
+def _lights() -> list[pv.Light]:
+    """Key, fill and rim lights that move with the camera (positions in camera space: x right, y up,
+    z toward the viewer), so every frame of the orbit is lit alike and the shape reads: a strong key
+    from the upper left, a soft fill from the right, a weak rim from behind that outlines the silhouette."""
+    lights = []
+    for position, intensity in (((-1.0, 1.2, 1.5), 0.85), ((1.2, -0.3, 1.0), 0.35), ((0.0, 0.8, -1.5), 0.3)):
+        light = pv.Light(
+            position=position, focal_point=(0, 0, 0), intensity=intensity, light_type="camera light"
+        )
+        lights.append(light)
+    return lights
+
+
 class _Scene:
     """An off-screen plotter holding the organs (and CT plane); ``frame(angle)`` renders one view."""
 
@@ -268,12 +288,22 @@ class _Scene:
         legend: bool,
     ) -> None:
         _prefer_headless_window()
-        self.plotter = p = pv.Plotter(off_screen=True, window_size=list(size), lighting="light kit")
+        self.plotter = p = pv.Plotter(off_screen=True, window_size=list(size), lighting="none")
+        for light in _lights():
+            p.add_light(light)
         p.set_background(np.array(BACKGROUND_RGB) / 255)
         entries = []
         for name, mesh in meshes.items():
             color = np.asarray(mesh.field_data["rgb"], dtype=float) / 255
-            p.add_mesh(mesh, color=color, smooth_shading=True, ambient=0.2, diffuse=0.8, specular=0.15)
+            p.add_mesh(
+                mesh,
+                color=color,
+                smooth_shading=True,
+                ambient=0.12,
+                diffuse=0.85,
+                specular=0.25,
+                specular_power=20,
+            )
             entries.append((_display_name(name), color))
         if plane is not None:
             p.add_mesh(

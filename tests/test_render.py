@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import oblique_affine
 
+from organseg import surfaces
 from organseg.config import DEFAULT_COLORS, UNKNOWN_COLOR, LabelMap
 from organseg.errors import ConfigError, InputError, OutputError
 from organseg.io import Volume, read_nifti
@@ -155,13 +156,57 @@ def test_absent_organ_skipped_and_decimation_caps_faces(synth):
     assert all(m.n_cells <= 440 for m in meshes.values())
 
 
-def test_coarse_marching_cubes_for_big_organs_keeps_geometry(synth, monkeypatch):
+@pytest.mark.parametrize("smooth", [False, True])
+def test_coarse_marching_cubes_for_big_organs_keeps_geometry(synth, monkeypatch, smooth):
     _, mask, affine = synth
-    fine = build_meshes(Volume(mask, affine), max_faces=None)["liver"]
+    fine = build_meshes(Volume(mask, affine), max_faces=None, smooth=smooth)["liver"]
+    # the raw mask is sampled every n-th voxel above MC_MAX_VOXELS, the smoothed field coarsened
     monkeypatch.setattr(render_module, "MC_MAX_VOXELS", 2_000)
-    coarse = build_meshes(Volume(mask, affine), max_faces=None)["liver"]
+    monkeypatch.setattr(surfaces, "FIELD_MAX_VOXELS", 4_000)
+    coarse = build_meshes(Volume(mask, affine), max_faces=None, smooth=smooth)["liver"]
     assert coarse.n_cells < fine.n_cells / 2
     assert np.allclose(coarse.center_of_mass(), fine.center_of_mass(), atol=3.0)
+
+
+def thick_slice_ellipsoid() -> tuple[np.ndarray, np.ndarray]:
+    """A tilted ellipsoid (liver-sized) on a 0.8 x 0.8 x 2.5 mm grid: thick slices make terraces."""
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    shape = (150, 120, 44)
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).astype(float)
+    xyz = ijk * [0.8, 0.8, 2.5] - [60.0, 48.0, 55.0]
+    a = np.deg2rad(30)
+    u = xyz[..., 0] * np.cos(a) + xyz[..., 2] * np.sin(a)
+    w = -xyz[..., 0] * np.sin(a) + xyz[..., 2] * np.cos(a)
+    mask = ((u / 50) ** 2 + (xyz[..., 1] / 38) ** 2 + (w / 30) ** 2 < 1).astype(np.uint8)
+    return mask, affine
+
+
+def test_smoothed_surface_keeps_the_voxel_volume_on_thick_slices(real_seg):
+    mask, affine = thick_slice_ellipsoid()
+    liver = build_meshes(Volume(mask, affine), max_faces=None)["liver"]
+    voxel_ml = mask.sum() * 0.8 * 0.8 * 2.5 / 1000
+    assert liver.volume / 1000 == pytest.approx(voxel_ml, rel=0.02)
+    # and on the real TotalSegmentator mask (3 mm voxels), every organ, as rendered (decimated)
+    vol = remap_totalseg(real_seg)
+    for value, (name, mesh) in enumerate(build_meshes(vol).items(), start=1):
+        expected = (np.asarray(vol.array) == value).sum() * vol.voxel_volume_ml
+        assert mesh.volume / 1000 == pytest.approx(expected, rel=0.02), name
+
+
+def test_smoothed_surface_has_no_terraces():
+    # Terraces are flat, horizontal steps: on a tilted ellipsoid, raw marching cubes turns a large share
+    # of the surface to face straight up or down; the smoothed field's surface follows the slope.
+    mask, affine = thick_slice_ellipsoid()
+
+    def flat_share(smooth: bool) -> float:
+        mesh = build_meshes(Volume(mask, affine), max_faces=None, smooth=smooth)["liver"]
+        mesh = mesh.compute_normals(cell_normals=True, point_normals=False)
+        up = np.abs(mesh.cell_data["Normals"][:, 2]) > 0.995
+        areas = mesh.compute_cell_sizes(length=False, volume=False).cell_data["Area"]
+        return float(areas[up].sum() / areas.sum())
+
+    raw, smooth = flat_share(False), flat_share(True)
+    assert raw > 0.1 and smooth < raw / 4, (raw, smooth)
 
 
 # --------------------------------------------------------------------------------------- video

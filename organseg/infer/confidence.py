@@ -7,7 +7,7 @@ Three signals, each cheap, combined into one score in [0, 1] (1 = nothing suspic
   calibrated this is the Dice the model expects; it drops when the model hesitates inside the organ or
   spreads probability beyond it (unseen contrast, noise, a scanner it never saw). The mean probability
   margin ``p(top1) - p(top2)`` inside the organ is reported beside it; on the benchmark cases expected
-  Dice ranked organs by their true Dice a little better (Spearman 0.67 vs 0.61). Both are computed on the
+  Dice ranked organs by their true Dice a little better (Spearman 0.73 vs 0.71). Both are computed on the
   network's own grid (the body crop at the model spacing, before mapping back): one pass over a small
   array.
 - **volume**: the organ's volume (ml, on the input grid) against a plausible adult range (``PLAUSIBLE_ML``:
@@ -60,7 +60,7 @@ PLAUSIBLE_ML: dict[str, tuple[float, float]] = {
 #: Which side of the body's midline (RAS x) each organ belongs on: +1 patient's right, -1 left.
 EXPECTED_SIDE: dict[str, int] = {"liver": 1, "kidney_right": 1, "kidney_left": -1, "spleen": -1}
 #: Scores below this are flagged ``low`` and produce a warning. Organs the built-in model gets right
-#: score 0.92-0.99 (BENCHMARKS.md, "Per-organ confidence"); the DICOM spleen it gets wrong, 0.76.
+#: score 0.92-0.99 (BENCHMARKS.md, "Per-organ confidence"); the DICOM spleen it gets wrong, 0.81.
 LOW_CONFIDENCE = 0.9
 #: Factor applied to an organ on the wrong side of the midline.
 WRONG_SIDE_FACTOR = 0.3
