@@ -77,7 +77,8 @@ def sample_anatomy(
     gallbladder = organs_mod.sample_gallbladder(rng, liver)
     pancreas = gut_mod.sample_pancreas(rng, sk, spleen)
     gut = gut_mod.sample_gut(rng, sk, body, dome)
-    vessels = vessels_mod.sample_vessels(rng, sk, body, thorax, liver, kidneys, spleen, pancreas, top)
+    anchors = vessels_mod.VesselAnchors(sk, body, thorax, liver, kidneys, spleen, pancreas, top)
+    vessels = vessels_mod.sample_vessels(rng, anchors)
     implants = _sample_implants(rng, sk, liver, gallbladder is None)
     for kidney in kidneys.values():  # drawn last, so every draw above is what it was without them
         growth = float(rng.uniform(*organs_mod.PERIRENAL_FAT_GROWTH))
@@ -88,7 +89,9 @@ def sample_anatomy(
     )
 
 
-def _sample_implants(rng, sk, liver, cholecystectomy: bool) -> list:
+def _sample_implants(
+    rng: np.random.Generator, sk: skel_mod.Skeleton, liver: organs_mod.Organ, cholecystectomy: bool
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Rare metal: surgical clips in the gallbladder fossa, or pedicle screws and rods in the spine."""
     out = []
     if rng.random() < (0.5 if cholecystectomy else 0.02):

@@ -81,6 +81,8 @@ class Body:
 
 
 def sample_body(rng: np.random.Generator, sk: Skeleton) -> Body:
+    """Draw a habitus: girth (0 thin .. 1 obese), outline at control heights tied to the levels of ``sk``,
+    skin, fat and wall thicknesses (mm), and a CT table under the back in 75 % of patients."""
     g = float(rng.beta(1.5, 1.7))
     muscle = float(rng.uniform(0.75, 1.25))
     z = np.array(
@@ -136,7 +138,8 @@ def sample_body(rng: np.random.Generator, sk: Skeleton) -> Body:
     )
 
 
-def _sample_table(rng):
+def _sample_table(rng: np.random.Generator) -> dict:
+    """Table geometry (mm): gap under the back, shell and foam thickness, half-width, curvature (1/mm)."""
     return {
         "gap_mm": float(rng.uniform(0, 10)),
         "shell_mm": float(rng.uniform(2, 4)),
@@ -254,6 +257,7 @@ def _paint_autochthon(canvas: Canvas, body: Body, sk: Skeleton, side: float, p: 
 
 
 def sample_muscle_params(rng: np.random.Generator) -> dict:
+    """Psoas and erector spinae geometry (mm): where the psoas enters the pelvis, the erectors' offsets and radii."""
     return {
         "psoas_pelvis_x": float(rng.uniform(45, 58)),
         "erector_x": float(rng.uniform(26, 36)),

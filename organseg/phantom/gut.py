@@ -14,6 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from organseg.phantom.body import Body
 from organseg.phantom.canvas import Canvas
 from organseg.phantom.fields import (
     SmoothField,
@@ -24,11 +25,15 @@ from organseg.phantom.fields import (
     smooth_polyline,
 )
 from organseg.phantom.organs import Organ
+from organseg.phantom.skeleton import Skeleton
+from organseg.phantom.thorax import Dome
 from organseg.phantom.tissues import Tissue, sid
 
 
 @dataclass(frozen=True)
 class Gut:
+    """Hollow organs: tube paths ``(m, 4)`` = x, y, z, radius (mm), contents fields, small-bowel fields, bladder."""
+
     stomach: np.ndarray  # (m, 4): x, y, z, radius
     stomach_wall_mm: float
     stomach_gas_y: float
@@ -47,7 +52,9 @@ class Gut:
     mesentery_width: float
 
 
-def sample_gut(rng: np.random.Generator, sk, body, dome) -> Gut:
+def sample_gut(rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome) -> Gut:
+    """Stomach (fundus under the left dome, between liver and spleen), duodenum, colon, small-bowel loops,
+    bladder and mesenteric vessels for one patient."""
     u = rng.uniform
     z_l1, z_l2, z_l3, z_s1 = sk.z("L1"), sk.z("L2"), sk.z("L3"), sk.z("S1")
     distension = u(0.6, 1.25)
@@ -198,7 +205,11 @@ def _normal_quantile(p: float) -> float:
     return NormalDist().inv_cdf(float(np.clip(p, 0.001, 0.999)))
 
 
-def sample_pancreas(rng, sk, spleen: Organ) -> dict:
+def sample_pancreas(rng: np.random.Generator, sk: Skeleton, spleen: Organ) -> dict:
+    """Head at L2 by the duodenum, neck and body over the spine at L1, tail to the splenic hilum.
+
+    Returns ``{"points": (4, 3) mm, "radii": (4,) mm, "lobulation": (12,)}``.
+    """
     hilum = spleen.to_patient([spleen.shape["a"], 0, 0])
     body_pt = np.array([-rng.uniform(20, 40), rng.uniform(45, 62), sk.z("L1") + rng.uniform(-5, 12)])
     pts = np.array(

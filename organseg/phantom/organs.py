@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from organseg.phantom.body import psoas_edge_mm
+from organseg.phantom.body import Body, psoas_edge_mm
 from organseg.phantom.canvas import Canvas
 from organseg.phantom.fields import (
     Grid,
@@ -31,6 +31,8 @@ from organseg.phantom.fields import (
     smooth_min,
     upsample,
 )
+from organseg.phantom.skeleton import Skeleton
+from organseg.phantom.thorax import Dome
 from organseg.phantom.tissues import Tissue, sid
 
 #: Drawn liver volumes are inflated by this factor: the dome, ribs, kidney and vessels take some back.
@@ -134,7 +136,19 @@ def template_volume_ml(kind: str, shape: dict) -> float:
     return float((f < 1).sum()) * grid.voxel_ml
 
 
-def _placed(rng, kind, structure, shape, volume_ml, axes, center_fn, warp_step, warp_mm, **extras) -> Organ:
+def _placed(
+    rng: np.random.Generator,
+    kind: str,
+    structure: str,
+    shape: dict,
+    volume_ml: float,
+    axes,
+    center_fn,
+    warp_step: float,
+    warp_mm: float,
+    **extras,
+) -> Organ:
+    """Scale ``shape`` to ``volume_ml``, place it at ``center_fn(scale)`` and give it a smooth random warp."""
     scale = float((volume_ml / template_volume_ml(kind, shape)) ** (1 / 3))
     center = np.asarray(center_fn(scale), float)
     radius = float(np.abs(np.asarray(_BOUNDS[kind](shape))).max()) * scale
@@ -145,7 +159,9 @@ def _placed(rng, kind, structure, shape, volume_ml, axes, center_fn, warp_step, 
 # --------------------------------------------------------------------------------------- sampling
 
 
-def sample_liver(rng, sk, body, dome, volume_ml: float | None = None) -> Organ:
+def sample_liver(
+    rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome, volume_ml: float | None = None
+) -> Organ:
     """The liver under the right dome, its lateral edge at the body wall (``volume_ml``: instead of the drawn one)."""
     a_r = rng.uniform(62, 75)
     shape = {
@@ -212,7 +228,9 @@ def sample_liver(rng, sk, body, dome, volume_ml: float | None = None) -> Organ:
     )
 
 
-def sample_spleen(rng, sk, body, dome, volume_ml: float | None = None) -> Organ:
+def sample_spleen(
+    rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome, volume_ml: float | None = None
+) -> Organ:
     """The spleen posterolateral under the left dome (``volume_ml``: instead of the drawn one)."""
     shape = {
         "a": rng.uniform(18, 26),
@@ -245,7 +263,11 @@ def sample_spleen(rng, sk, body, dome, volume_ml: float | None = None) -> Organ:
     )
 
 
-def sample_kidneys(rng, sk, body, spleen: Organ, muscles: dict) -> dict[str, Organ]:
+def sample_kidneys(
+    rng: np.random.Generator, sk: Skeleton, body: Body, spleen: Organ, muscles: dict
+) -> dict[str, Organ]:
+    """Both kidneys (``kidney_right``, ``kidney_left``): beans with cortex, pyramids and sinus, beside the psoas,
+    the left one below the spleen, the right one lower still; sometimes cysts."""
     # hilum at L1-L2, the left kidney's centre 42-60 mm below the spleen's (real label maps: 44-52 mm), the
     # right kidney 20-50 mm lower than the left (the liver above it); poles near T12 and L3 (bench_anatomy.py)
     z_left = float(np.clip(spleen.center[2] - rng.uniform(42, 60), sk.z("L2") - 5, sk.z("L1") - 4))
@@ -291,7 +313,8 @@ def sample_kidneys(rng, sk, body, spleen: Organ, muscles: dict) -> dict[str, Org
     return out
 
 
-def sample_gallbladder(rng, liver: Organ) -> Organ | None:
+def sample_gallbladder(rng: np.random.Generator, liver: Organ) -> Organ | None:
+    """A pear in the gallbladder fossa under the liver; ``None`` after cholecystectomy (10 %)."""
     if rng.random() < 0.1:  # cholecystectomy
         return None
     p = liver.shape

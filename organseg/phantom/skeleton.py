@@ -61,6 +61,10 @@ class Skeleton:
 
 
 def sample_skeleton(rng: np.random.Generator) -> Skeleton:
+    """Draw T6-S1: body heights, disc gaps and widths (mm), the spine's sagittal curve, ribs and pelvis.
+
+    The L1 body's centre is the patient frame's origin; the other levels stack from it with their discs.
+    """
     n_t, n_l = 7, 5
     scale = rng.uniform(0.9, 1.1)
     # T6-T12 centroids 25-31 mm apart, L1-L5 31-37 mm (TotalSegmentator maps; bench_anatomy.py)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from organseg.phantom.body import Body
 from organseg.phantom.canvas import Canvas
 from organseg.phantom.fields import (
     SmoothField,
@@ -21,6 +22,7 @@ from organseg.phantom.fields import (
     shrink_box,
     smooth_polyline,
 )
+from organseg.phantom.skeleton import Skeleton
 from organseg.phantom.tissues import Tissue, sid
 
 
@@ -49,6 +51,8 @@ class Dome:
 
 @dataclass(frozen=True)
 class Thorax:
+    """Above the diaphragm: heart (centre, axes, semi-axes mm), lung vessel field, oesophagus path (mm)."""
+
     dome: Dome
     heart_center: np.ndarray
     heart_axes: np.ndarray
@@ -62,7 +66,7 @@ class Thorax:
     esophagus_gas: bool
 
 
-def sample_dome(rng: np.random.Generator, sk, body) -> Dome:
+def sample_dome(rng: np.random.Generator, sk: Skeleton, body: Body) -> Dome:
     """Peaks near T9-T10 (right) and 1-2 cm lower (left); recess depths (mm) set at the body wall."""
     u = rng.uniform
     # breath-hold depth moves the dome several cm; the right dome's peak sits near T9-T10 on CT (inspiration),
@@ -84,7 +88,8 @@ def sample_dome(rng: np.random.Generator, sk, body) -> Dome:
     )
 
 
-def sample_thorax(rng: np.random.Generator, sk, dome: Dome, top_mm: float) -> Thorax:
+def sample_thorax(rng: np.random.Generator, sk: Skeleton, dome: Dome, top_mm: float) -> Thorax:
+    """Heart on the central tendon, lung vessels up to ``top_mm``, and the oesophagus down to the cardia."""
     size = tuple(float(v) for v in rng.uniform([45, 38, 42], [60, 50, 55]))
     xy = np.array([-rng.uniform(10, 35), rng.uniform(45, 75)])
     apex = np.array([-0.55, 0.6, -0.55]) + rng.normal(0, 0.1, 3)

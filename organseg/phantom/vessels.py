@@ -12,8 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from organseg.phantom.body import Body
 from organseg.phantom.canvas import Canvas
 from organseg.phantom.fields import Box, capsule, smooth_polyline
+from organseg.phantom.organs import Organ
+from organseg.phantom.skeleton import Skeleton
+from organseg.phantom.thorax import Thorax
 from organseg.phantom.tissues import Tissue
 
 
@@ -33,11 +37,23 @@ class Vessel:
 
 @dataclass(frozen=True)
 class Vessels:
+    """Every vessel of one patient, and calcified plaques ((centre mm, radius mm)) in the aorta."""
+
     items: list[Vessel] = field(default_factory=list)
     plaques: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
 
-def _tree(rng, root, direction, radius, length, depth, structure, tissue, inside) -> list[Vessel]:
+def _tree(
+    rng: np.random.Generator,
+    root: np.ndarray,
+    direction: np.ndarray,
+    radius: float,
+    length: float,
+    depth: int,
+    structure: str,
+    tissue: int,
+    inside: str | None,
+) -> list[Vessel]:
     """A random branching tree: each branch bends a little and splits in two thinner children."""
     direction = np.asarray(direction, float) / np.linalg.norm(direction)
     bend = rng.normal(0, 0.25, 3)
@@ -73,23 +89,65 @@ def _tree(rng, root, direction, radius, length, depth, structure, tissue, inside
     return out
 
 
-def _v(points, radii, structure, tissue, inside=None, smooth=1) -> Vessel:
+def _v(points, radii, structure: str, tissue: int, inside: str | None = None, smooth: int = 1) -> Vessel:
+    """A vessel through ``points`` (mm) with ``radii`` (mm), its polyline smoothed ``smooth`` times."""
     p = smooth_polyline(np.column_stack([np.asarray(points, float), np.asarray(radii, float)]), smooth)
     return Vessel(p[:, :3], p[:, 3], structure, tissue, inside)
 
 
-def sample_vessels(
-    rng: np.random.Generator, sk, body, thorax, liver, kidneys, spleen, pancreas, top_mm: float
-) -> Vessels:
-    u = rng.uniform
+@dataclass(frozen=True)
+class VesselAnchors:
+    """What the vessels attach to: the sampled skeleton, body, thorax and organs (patient-frame mm).
+
+    Attributes:
+        sk: vertebral levels (the aorta lies on the bodies, bifurcates at L4; renal vessels at the hila).
+        body: habitus (unused by the vessels today; kept so that the anchors describe the whole patient).
+        thorax: the diaphragm dome (hepatic veins and the IVC's entry into the right atrium).
+        liver: the liver (porta hepatis, intrahepatic portal and hepatic-vein trees).
+        kidneys: ``{"kidney_right": Organ, "kidney_left": Organ}`` (renal arteries, veins, ureters).
+        spleen: the spleen (splenic hilum: splenic artery and vein).
+        pancreas: ``gut.sample_pancreas`` output (the splenic vein runs behind it; the confluence behind its neck).
+        top_mm: top of the modelled trunk (the thoracic aorta starts above it).
+    """
+
+    sk: Skeleton
+    body: Body
+    thorax: Thorax
+    liver: Organ
+    kidneys: dict[str, Organ]
+    spleen: Organ
+    pancreas: dict
+    top_mm: float
+
+
+def sample_vessels(rng: np.random.Generator, anchors: VesselAnchors) -> Vessels:
+    """Draw the aorta and its branches, the IVC, the portal system, renal vessels and ureters for one patient.
+
+    Deterministic for a given generator state; the draws are made in a fixed order (aorta, IVC, hepatic veins,
+    portal system, arteries, then per kidney), so the same ``rng`` always gives the same vessels.
+    """
     items: list[Vessel] = []
+    aorta, aorta_r, plaques = _sample_aorta(rng, anchors, items)
+    ivc = _sample_ivc(rng, anchors, items)
+    porta, hilum_s = _sample_portal(rng, anchors, items)
+    _sample_arteries(rng, anchors, aorta, aorta_r, ivc, porta, hilum_s, items)
+    return Vessels(items, plaques)
+
+
+def _sample_aorta(rng, a: VesselAnchors, items: list[Vessel]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Aorta (T6 to the L4 bifurcation, sometimes an infrarenal aneurysm), iliac arteries, calcified plaque.
+
+    Appends to ``items``; returns the aorta's centre line (5, 3), its radii (5,) and the plaques
+    ((centre, radius) mm).
+    """
+    u, sk = rng.uniform, a.sk
     aorta_r = np.array([u(10, 14), u(9, 12), u(8, 11), u(7.5, 10), u(7, 9.5)])
     if rng.random() < 0.03:  # infrarenal aneurysm
         aorta_r[3] = u(15, 28)
     aorta = []
     for (z, lvl), dx in zip(
         (
-            (top_mm + 20, "T6"),
+            (a.top_mm + 20, "T6"),
             (sk.z("T10"), "T10"),
             (sk.z("L1"), "L1"),
             (sk.z("L3"), "L3"),
@@ -119,8 +177,13 @@ def sample_vessels(
             d = rng.normal(size=3)
             d[2] = 0
             plaques.append((p + d / np.linalg.norm(d) * aorta_r[int(i)] * 0.9, float(u(1.5, 3.5))))
+    return aorta, aorta_r, plaques
 
-    # inferior vena cava: iliac confluence -> right of the spine -> behind the caudate lobe -> right atrium
+
+def _sample_ivc(rng, a: VesselAnchors, items: list[Vessel]) -> list:
+    """IVC (iliac confluence, right of the spine, behind the caudate lobe, right atrium), iliac veins and the
+    three hepatic-vein trees. Appends to ``items``; returns the IVC's control points."""
+    u, sk = rng.uniform, a.sk
     ivc_r = u(9, 13)
     ivc = []
     for z, lvl, dx, dy in (
@@ -130,33 +193,31 @@ def sample_vessels(
     ):
         cx, cy = sk.center(z)
         ivc.append([cx + sk.rx(lvl) * 0.3 + dx, cy + sk.ry(lvl) + dy, z])
-    z_atrium = thorax.dome.right_peak[2] + u(10, 25)
+    z_atrium = a.thorax.dome.right_peak[2] + u(10, 25)
     ivc += [[u(15, 30), u(20, 35), sk.z("T11")], [u(5, 20), u(30, 50), z_atrium]]
     items.append(_v(ivc, np.full(len(ivc), ivc_r), "inferior_vena_cava", Tissue.VENOUS_BLOOD))
     for side in (1.0, -1.0):
         vein = [
             ivc[0],
-            [side * u(25, 40), cy + u(10, 25), sk.z("S1") - u(0, 20)],
+            [side * u(25, 40), cy + u(10, 25), sk.z("S1") - u(0, 20)],  # cy: the spine's y at L1
             [side * u(50, 70), cy + u(35, 55), sk.z("S1") - u(60, 90)],
         ]
         items.append(_v(vein, [ivc_r * 0.7, u(6, 8), u(5, 7)], "inferior_vena_cava", Tissue.VENOUS_BLOOD))
-
     # hepatic veins: three trees fanning from the IVC just below the dome
-    hv_root = np.array([ivc[3][0], ivc[3][1] + 5, thorax.dome.right_peak[2] - u(10, 25)])
+    hv_root = np.array([ivc[3][0], ivc[3][1] + 5, a.thorax.dome.right_peak[2] - u(10, 25)])
     for d in ((1, 0.2, -0.5), (0.1, 1, -0.4), (-0.7, 0.7, -0.3)):
         items += _tree(
-            rng,
-            hv_root,
-            np.array(d) + rng.normal(0, 0.15, 3),
-            u(4.5, 7),
-            u(45, 70),
-            2,
-            "liver",
-            Tissue.VENOUS_BLOOD,
-            "liver",
-        )
+            rng, hv_root, np.array(d) + rng.normal(0, 0.15, 3), u(4.5, 7), u(45, 70), 2, "liver",
+            Tissue.VENOUS_BLOOD, "liver",
+        )  # fmt: skip
+    return ivc
 
-    # portal system: splenic vein + SMV join behind the pancreatic neck; portal vein to the liver hilum
+
+def _sample_portal(rng, a: VesselAnchors, items: list[Vessel]) -> tuple[np.ndarray, np.ndarray]:
+    """Portal system: splenic vein and SMV join behind the pancreatic neck; the portal vein runs to the liver
+    hilum and branches inside the liver. Appends to ``items``; returns the porta hepatis and the splenic
+    hilum (mm)."""
+    u, sk, liver, pancreas = rng.uniform, a.sk, a.liver, a.pancreas
     neck = pancreas["points"][1]
     confluence = neck + [u(-5, 5), -u(10, 16), u(-5, 5)]
     porta = liver.to_patient([-0.15 * liver.shape["aR"], 0.05 * liver.shape["bR"], -0.35 * liver.shape["cR"]])
@@ -171,17 +232,10 @@ def sample_vessels(
     )
     for d in ((1, -0.3, 0.3), (-1, 0.5, 0.2)):
         items += _tree(
-            rng,
-            porta,
-            np.array(d) + rng.normal(0, 0.15, 3),
-            pv_r * 0.8,
-            u(40, 60),
-            3,
-            "liver",
-            Tissue.PORTAL_BLOOD,
-            "liver",
-        )
-    hilum_s = spleen.to_patient([spleen.shape["a"], 0, 0])
+            rng, porta, np.array(d) + rng.normal(0, 0.15, 3), pv_r * 0.8, u(40, 60), 3, "liver",
+            Tissue.PORTAL_BLOOD, "liver",
+        )  # fmt: skip
+    hilum_s = a.spleen.to_patient([a.spleen.shape["a"], 0, 0])
     behind = pancreas["points"][2:] - [0, 1, 0] * (pancreas["radii"][2:, None] * 0.8 + 3)
     items.append(
         _v(
@@ -203,12 +257,17 @@ def sample_vessels(
             Tissue.PORTAL_BLOOD,
         )
     )
+    return porta, hilum_s
 
-    # arteries: celiac trunk (hepatic + splenic arteries), SMA, renal arteries
+
+def _sample_arteries(rng, a: VesselAnchors, aorta, aorta_r, ivc, porta, hilum_s, items: list[Vessel]) -> None:
+    """Celiac trunk (hepatic and splenic arteries), SMA, and per kidney its artery, vein and ureter."""
+    u, sk = rng.uniform, a.sk
+
     def on_aorta(z, ahead=0.0):
         i = np.clip(np.searchsorted(-aorta[:, 2], -z), 1, len(aorta) - 1)
-        a, b = aorta[i - 1], aorta[i]
-        p = a + (b - a) * (a[2] - z) / max(a[2] - b[2], 1e-6)
+        p0, p1 = aorta[i - 1], aorta[i]
+        p = p0 + (p1 - p0) * (p0[2] - z) / max(p0[2] - p1[2], 1e-6)
         return p + [0, ahead, 0]
 
     celiac = on_aorta(sk.z("T12") + u(-5, 5), aorta_r[2])
@@ -229,7 +288,7 @@ def sample_vessels(
             Tissue.ARTERIAL_BLOOD,
         )
     )
-    for name, kidney in kidneys.items():
+    for name, kidney in a.kidneys.items():
         side = 1.0 if name.endswith("right") else -1.0
         hilum = kidney.to_patient([-kidney.shape["a"] * 0.9, 0, 0])
         items.append(
@@ -252,7 +311,6 @@ def sample_vessels(
             [side * u(40, 55), uy + u(40, 55), sk.z("S1") - 40],
         ]
         items.append(_v(ureter, [u(2, 3)] * 3, "ureter", Tissue.URINE))
-    return Vessels(items, plaques)
 
 
 def paint_vessels(canvas: Canvas, vessels: Vessels) -> None:
