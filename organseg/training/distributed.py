@@ -13,7 +13,7 @@ only decides *what* each rank does:
   schedule and checkpoints are those of one process with the full batch.
 - **Same math as one process**: the network sees only its rank's patches (instance norm works per
   sample), and the loss is computed on the *global* batch: logits are gathered with the
-  autograd-aware ``torch.distributed.nn.functional.all_gather`` (``GlobalBatchLoss``), because the
+  autograd-aware all-gather of ``torch.distributed`` (``GlobalBatchLoss``), because the
   Dice term sums over the whole batch (``batch=True``) and a mean of per-rank Dice values is not the
   Dice of the batch. DDP averages gradients; with the gather's backward summing over ranks that
   average is exactly the gradient of the one-process loss.
@@ -148,7 +148,9 @@ def shutdown(ctx: DistContext) -> None:
 
 
 @contextlib.contextmanager
-def session(device: str | torch.device | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[DistContext]:
+def session(
+    device: str | torch.device | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Iterator[DistContext]:
     """``init_from_env`` for the ``with`` block, ``shutdown`` after it (also on errors)."""
     ctx = init_from_env(device, timeout_s)
     try:
@@ -227,7 +229,7 @@ def wrap_model(model: nn.Module, ctx: DistContext | None) -> nn.Module:
 class GlobalBatchLoss(nn.Module):
     """``loss(all ranks' logits, all ranks' labels)``: the one-process loss of the global batch.
 
-    The logits are gathered with ``torch.distributed.nn.functional.all_gather``, whose backward sums
+    The logits are gathered with an autograd-aware all-gather (``_gather_with_grad``), whose backward sums
     the gradients of every rank's (identical) loss, i.e. N times the gradient for this rank's logits;
     DDP's average over N ranks then gives exactly the gradient of the one-process loss. The labels
     need no gradient (plain ``all_gather``). Costs one gather of the logits per step.
@@ -239,12 +241,21 @@ class GlobalBatchLoss(nn.Module):
         self.class_weights = getattr(loss, "class_weights", None)
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_gather
-
-        every_logits = torch.cat(all_gather(logits.contiguous()), dim=0)
+        every_logits = _gather_with_grad(logits.contiguous())
         labels = [torch.empty_like(label) for _ in range(dist.get_world_size())]
         dist.all_gather(labels, label.contiguous())
         return self.loss(every_logits, torch.cat(labels, dim=0))
+
+
+def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0; the backward sums each slice's gradient over ranks."""
+    try:  # what torch 2.13 recommends in place of torch.distributed.nn.functional.all_gather
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+    except ImportError:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x), dim=0)
+    return torch.as_tensor(all_gather_single_autograd(x, 0, dist.group.WORLD))
 
 
 def wrap_loss(loss: nn.Module, ctx: DistContext | None) -> nn.Module:
@@ -261,7 +272,9 @@ def rank_config(cfg: Config, ctx: DistContext | None) -> Config:
     """
     if ctx is None or not ctx.distributed or ctx.rank == 0:
         return cfg
-    return replace_path(cfg, "train.synthetic.seed", cfg.train.synthetic.seed + ctx.rank * PHANTOM_SEED_STRIDE)
+    return replace_path(
+        cfg, "train.synthetic.seed", cfg.train.synthetic.seed + ctx.rank * PHANTOM_SEED_STRIDE
+    )
 
 
 def rank_positions(n: int, rank: int, world: int, rank_batch: int, per_volume: int) -> list[int]:
@@ -297,7 +310,12 @@ def rank_loader_factory(ctx: DistContext, rank_batch: int, per_volume: int) -> C
         order = [
             int(i)
             for i in DataLoader(
-                range(n), batch_size=1, shuffle=True, generator=generator, num_workers=0, collate_fn=first_item
+                range(n),
+                batch_size=1,
+                shuffle=True,
+                generator=generator,
+                num_workers=0,
+                collate_fn=first_item,
             )
         ]
         mine = [order[j] for j in rank_positions(n, ctx.rank, ctx.world_size, rank_batch, per_volume)]

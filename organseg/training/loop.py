@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric
+from monai.metrics.utils import do_metric_reduction
 from monai.networks.utils import one_hot
 from tqdm import tqdm
 
@@ -63,9 +64,9 @@ def validate(
     n = cfg.labels.num_classes
     metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     dtype = amp_dtype(cfg, device)
-    seen = 0
+    per_case = []  # reduced here, not by metric.aggregate(): that all-gathers under torch.distributed,
+    # and only rank 0 validates
     for sample in samples:
-        seen += 1
         image = torch.as_tensor(sample["image"]).as_subclass(torch.Tensor)[None].float().to(device)
         label = torch.as_tensor(sample["label"]).as_subclass(torch.Tensor)[None].long().to(device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -79,8 +80,11 @@ def validate(
                 padding_mode=cfg.infer.padding,
             )
         pred = logits.float().argmax(dim=1, keepdim=True)
-        metric(y_pred=one_hot(pred, n), y=one_hot(label, n))
-    per_class = metric.aggregate().cpu().numpy() if seen else np.full(n - 1, np.nan)
+        per_case.append(metric(y_pred=one_hot(pred, n), y=one_hot(label, n)))
+    if per_case:
+        per_class = do_metric_reduction(torch.cat(per_case), "mean_batch")[0].cpu().numpy()
+    else:
+        per_class = np.full(n - 1, np.nan)
     return {organ: float(v) for organ, v in zip(cfg.labels.organs, per_class, strict=True)}
 
 
