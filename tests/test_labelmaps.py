@@ -253,3 +253,20 @@ def test_without_label_maps_the_pool_makes_exactly_the_phantoms_it_made_before(s
     )
     assert got["name"] == "phantom_44"
     assert np.array_equal(got["image"].array, image.array) and np.array_equal(got["label"].array, label.array)
+
+
+def test_a_map_stored_flipped_renders_the_same_case(small_map, tmp_path):
+    """Geometry goes through world coordinates: an LAS copy of the map (x flipped, affine adjusted) is the same map."""
+    img = nib.load(small_map[0])
+    flipped = np.asarray(img.dataobj)[::-1]
+    affine = img.affine @ np.array(
+        [[-1, 0, 0, flipped.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(flipped), affine), tmp_path / "las.nii.gz")
+    a = read_label_map(small_map[0], small_map[1], ORGANS)
+    b = read_label_map(tmp_path / "las.nii.gz", small_map[1], ORGANS)
+    assert nib.aff2axcodes(b.affine) == ("L", "A", "S")
+    _, la, _ = render_label_map(a, 9, spacing_mm=4.0, fov="abdomen")
+    _, lb, _ = render_label_map(b, 9, spacing_mm=4.0, fov="abdomen")
+    assert la.shape == lb.shape and np.allclose(la.affine, lb.affine)
+    assert np.mean(la.array == lb.array) > 0.999 and (la.array == 1).sum() > 1000
