@@ -543,7 +543,7 @@ def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | N
 
 
 @cli.command(
-    epilog="\b\nExamples:\n  organseg export --model runs/demo/fold_0/checkpoint_best.pt --output demo.safetensors"
+    epilog="\b\nExample:\n  organseg export --model runs/demo/fold_0/checkpoint_best.pt --output demo.safetensors"
     "\n  organseg export --bundle organseg_bundle --model builtin"
 )
 @click.option(
