@@ -31,8 +31,8 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from organseg.phantom.anatomy_stats import REFERENCE, measure, measure_phantom
-from organseg.phantom.dataset import case_rng, phantom_structure
+from organseg.phantom.anatomy_stats import REFERENCE, measure, measure_phantom, phantom_structure
+from organseg.phantom.dataset import case_rng
 
 REPO = Path(__file__).resolve().parent.parent
 REAL = {

@@ -15,8 +15,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from organseg.phantom import generate_phantom, sample_anatomy
-from organseg.phantom.anatomy_stats import REFERENCE, inside, measure, measure_phantom
-from organseg.phantom.dataset import _streams, phantom_structure
+from organseg.phantom.anatomy_stats import REFERENCE, inside, measure, measure_phantom, phantom_structure
+from organseg.phantom.dataset import _streams
 
 SEEDS = range(8)
 #: Where the phantoms were stacked too tightly head-foot (issue 13): these must hold in nearly every case.

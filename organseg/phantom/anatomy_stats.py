@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from organseg.phantom.variants import Variants
+
 #: Structures pooled under one name (TotalSegmentator splits the lungs into lobes; the phantom does not).
 GROUPS: dict[str, tuple[str, ...]] = {
     "lung_right": ("lung_right", "lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
@@ -72,6 +74,7 @@ REFERENCE: dict[str, Reference] = {
         -55, 15, "spleen centroid behind the T12 body centroid (+: posterior)"
     ),
     "spleen_lateral_mm": Reference(60, 130, "spleen centroid left of the spine"),
+    "spleen_rib_number": Reference(8.5, 11.5, "mean number of the left ribs within 10 mm of the spleen"),
     "stomach_between": Reference(0.1, 0.9, "stomach x between spleen (0) and liver (1)"),
     "stomach_before_spleen_mm": Reference(30, 110, "stomach centroid anterior to the spleen's"),
     "liver_ml": Reference(900, 2700, "liver volume"),
@@ -173,6 +176,28 @@ def dome_heights(pts: _Points, spine_x: float) -> tuple[float | None, float | No
     )
 
 
+def _rib_number(pts: _Points, organ: str, side: str, within_mm: float = 10.0) -> float | None:
+    """Mean rib number (1-12) of the ``side`` rib voxels within ``within_mm`` of ``organ`` (None: no rib near)."""
+    values = pts.by_name.get(organ, [])
+    boxes = [
+        pts.objects[v - 1] for v in values if v - 1 < len(pts.objects) and pts.objects[v - 1] is not None
+    ]
+    if not boxes:
+        return None
+    spacing = np.linalg.norm(pts.affine[:3, :3], axis=0)
+    pad = np.ceil(within_mm / spacing).astype(int) + 1
+    sl = tuple(
+        slice(max(min(b[d].start for b in boxes) - pad[d], 0), max(b[d].stop for b in boxes) + pad[d])
+        for d in range(3)
+    )
+    crop = pts.labels[sl]
+    near = ndimage.distance_transform_edt(~np.isin(crop, values), sampling=spacing) < within_mm
+    ribs = {n: pts.by_name.get(f"rib_{side}_{n}", []) for n in range(1, 13)}
+    counts = {n: int((near & np.isin(crop, v)).sum()) for n, v in ribs.items() if v}
+    total = sum(counts.values())
+    return sum(n * k for n, k in counts.items()) / total if total else None
+
+
 def measure(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, str]) -> dict[str, float | None]:
     """Every statistic of ``REFERENCE`` for one label map; ``None`` where it cannot be measured.
 
@@ -223,6 +248,7 @@ def measure(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, str]) ->
     if c["spleen"] is not None and len(t12):
         out["spleen_behind_spine_mm"] = float(t12[:, 1].mean() - c["spleen"][1])
         out["spleen_lateral_mm"] = float(spine_x - c["spleen"][0])
+    out["spleen_rib_number"] = _rib_number(pts, "spleen", "left") if whole["spleen"] else None
     if all(c[o] is not None for o in ("stomach", "liver", "spleen")):
         out["stomach_between"] = float((c["stomach"][0] - c["spleen"][0]) / (c["liver"][0] - c["spleen"][0]))
         out["stomach_before_spleen_mm"] = float(c["stomach"][1] - c["spleen"][1])
@@ -240,6 +266,63 @@ def inside(stats: Mapping[str, float | None]) -> dict[str, bool]:
     }
 
 
+def phantom_structure(
+    seed: int | np.random.Generator,
+    *,
+    spacing_mm=4.0,
+    fov: str | None = "whole",
+    perirenal_fat: bool = False,
+    variants: Variants | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom's structure map (uint8, RAS array order, ids index ``STRUCTURES``) and its voxel -> RAS+ mm affine.
+
+    The same patient as ``generate_phantom(seed, ...)``, without rendering the CT: what the anatomy statistics
+    (``anatomy_stats``) need, at a fraction of the cost. ``fov="whole"`` (default) covers the whole modelled
+    trunk (T6 to below the pelvis) so that no organ is cut off; any other value picks the grid
+    ``generate_phantom`` would.
+    """
+    from organseg.phantom.anatomy import rasterize, sample_anatomy
+    from organseg.phantom.dataset import (
+        DEFAULT_MAX_VOXELS,
+        _build_scene,
+        _draw_variants,
+        _streams,
+        check_options,
+    )
+    from organseg.phantom.fields import Grid
+
+    whole = fov == "whole"
+    check_options("random", "RAS", None if whole else fov)
+    anat_rng, geom_rng, _, _, var_rng = _streams(seed)
+    draw = _draw_variants(var_rng, variants)
+    if not whole:
+        scene = _build_scene(
+            anat_rng, geom_rng, spacing_mm, None, fov, DEFAULT_MAX_VOXELS, perirenal_fat, draw
+        )
+        grid, offset, structure = scene.grid, scene.world_offset_mm, scene.structure
+    else:
+        anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat, variant=draw)
+        spacing = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing_mm, float), (3,)))
+        z = np.linspace(anatomy.bottom_mm, anatomy.top_mm, 32)
+        half_width, front, back, _ = anatomy.body.profile(z)
+        y0, y1 = (
+            anatomy.body.y_widest - float(back.max()) - 10,
+            anatomy.body.y_widest + float(front.max()) + 10,
+        )
+        x0 = -float(half_width.max()) - 10
+        dims = (
+            int(np.ceil(-2 * x0 / spacing[0])) + 1,
+            int(np.ceil((y1 - y0) / spacing[1])) + 1,
+            int(np.ceil((anatomy.top_mm - anatomy.bottom_mm) / spacing[2])) + 1,
+        )
+        grid = Grid((x0, y0, anatomy.bottom_mm), spacing, dims)
+        _, structure = rasterize(anatomy, grid)
+        offset = np.zeros(3)
+    affine = np.diag([*grid.spacing_mm, 1.0])
+    affine[:3, 3] = np.asarray(grid.origin_mm) + offset
+    return structure, affine
+
+
 def measure_phantom(structure: np.ndarray, affine: np.ndarray) -> dict[str, float | None]:
     """``measure`` on a phantom's structure map (``Phantom.structure`` with the image's affine)."""
     from organseg.phantom.tissues import STRUCTURES
@@ -247,4 +330,13 @@ def measure_phantom(structure: np.ndarray, affine: np.ndarray) -> dict[str, floa
     return measure(structure, affine, dict(enumerate(STRUCTURES)))
 
 
-__all__ = ["REFERENCE", "Reference", "dome_heights", "inside", "level_of", "measure", "measure_phantom"]
+__all__ = [
+    "REFERENCE",
+    "Reference",
+    "dome_heights",
+    "inside",
+    "level_of",
+    "measure",
+    "measure_phantom",
+    "phantom_structure",
+]

@@ -254,53 +254,6 @@ def generate_phantom(
     return phantom
 
 
-def phantom_structure(
-    seed: int | np.random.Generator,
-    *,
-    spacing_mm=4.0,
-    fov: str | None = "whole",
-    perirenal_fat: bool = False,
-    variants: variants_mod.Variants | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A phantom's structure map (uint8, RAS array order, ids index ``STRUCTURES``) and its voxel -> RAS+ mm affine.
-
-    The same patient as ``generate_phantom(seed, ...)``, without rendering the CT: what the anatomy statistics
-    (``anatomy_stats``) need, at a fraction of the cost. ``fov="whole"`` (default) covers the whole modelled
-    trunk (T6 to below the pelvis) so that no organ is cut off; any other value picks the grid
-    ``generate_phantom`` would.
-    """
-    whole = fov == "whole"
-    check_options("random", "RAS", None if whole else fov)
-    anat_rng, geom_rng, _, _, var_rng = _streams(seed)
-    draw = _draw_variants(var_rng, variants)
-    if not whole:
-        scene = _build_scene(
-            anat_rng, geom_rng, spacing_mm, None, fov, DEFAULT_MAX_VOXELS, perirenal_fat, draw
-        )
-        grid, offset, structure = scene.grid, scene.world_offset_mm, scene.structure
-    else:
-        anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat, variant=draw)
-        spacing = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing_mm, float), (3,)))
-        z = np.linspace(anatomy.bottom_mm, anatomy.top_mm, 32)
-        half_width, front, back, _ = anatomy.body.profile(z)
-        y0, y1 = (
-            anatomy.body.y_widest - float(back.max()) - 10,
-            anatomy.body.y_widest + float(front.max()) + 10,
-        )
-        x0 = -float(half_width.max()) - 10
-        dims = (
-            int(np.ceil(-2 * x0 / spacing[0])) + 1,
-            int(np.ceil((y1 - y0) / spacing[1])) + 1,
-            int(np.ceil((anatomy.top_mm - anatomy.bottom_mm) / spacing[2])) + 1,
-        )
-        grid = Grid((x0, y0, anatomy.bottom_mm), spacing, dims)
-        _, structure = rasterize(anatomy, grid)
-        offset = np.zeros(3)
-    affine = np.diag([*grid.spacing_mm, 1.0])
-    affine[:3, 3] = np.asarray(grid.origin_mm) + offset
-    return structure, affine
-
-
 def generate_case(
     seed: int | np.random.Generator,
     *,
