@@ -4,7 +4,7 @@ Both work in world RAS+ millimetres (``Volume.affine``: voxel (i, j, k) -> RAS+)
 orientation:
 
 - ``organ_figure``: one ``plotly.graph_objects.Mesh3d`` per organ (surfaces from
-  ``rendering.build_meshes``, decimated), true proportions (``aspectmode="data"``), first shown from the
+  ``rendering.build_meshes``, decimated), true proportions (aspect ratio from the data), first shown from the
   front: the camera sits on the patient's anterior side (+y) looking posteriorly, head (+z) up, so the
   patient's right (+x) is on the viewer's left, as on a radiological frontal image.
 - ``organ_slices``: axial, coronal and sagittal slices through one organ, cropped around it, CT in the
@@ -26,6 +26,8 @@ from skimage.segmentation import find_boundaries
 
 from organseg.rendering import CT_HU_WINDOW
 
+#: Size of the scene's longest axis in plotly's normalised units (1 = plotly's default for "data").
+ASPECT_SCALE = 2.2
 #: Largest side of a slice image (pixels); slices are cropped around the organ first.
 SLICE_MAX_PX = 288
 #: Margin around the organ in each slice (mm).
@@ -89,10 +91,17 @@ def organ_figure(meshes: Mapping, colors: Mapping[str, tuple[int, int, int]]):
             )
         )
     fig = go.Figure(traces)
+    # True proportions, scaled up: plotly's orthographic camera ignores the eye's distance, so the
+    # scene's aspect ratio (largest axis ASPECT_SCALE) sets how much of the panel the organs fill.
+    lo = np.min([np.asarray(m.bounds).reshape(3, 2)[:, 0] for m in meshes.values()], axis=0)
+    hi = np.max([np.asarray(m.bounds).reshape(3, 2)[:, 1] for m in meshes.values()], axis=0)
+    extent = np.maximum(hi - lo, 1.0)
+    ratio = extent / extent.max() * ASPECT_SCALE
     axis = {"showbackground": False, "gridcolor": "#444", "zerolinecolor": "#666", "color": "#bbb"}
     fig.update_layout(
         scene={
-            "aspectmode": "data",
+            "aspectmode": "manual",
+            "aspectratio": {"x": ratio[0], "y": ratio[1], "z": ratio[2]},
             "xaxis": {**axis, "title": {"text": "x mm (patient's left → right)"}},
             "yaxis": {**axis, "title": {"text": "y mm (posterior → anterior)"}},
             "zaxis": {**axis, "title": {"text": "z mm (inferior → superior)"}},

@@ -162,7 +162,7 @@ def render_page(
 <section><h2>Organs</h2>{_table(rows, colors)}
 <p><small>Volume references: adult CT volumetry (liver, spleen: Kim et al., Radiology 2021; kidneys: around
 Geraghty et al., Abdom Imaging 2004). HU ranges span unenhanced to portal-venous scans; a flag is a reason to
-look, not a diagnosis. Confidence (from inference): probability margin × volume and side plausibility; lowest
+look, not a diagnosis. Confidence (from inference): expected Dice × volume and side plausibility; lowest
 first.</small></p></section>
 <section id="view3d">{plot}</section>
 <section><h2>Slices (window −175..250 HU; radiological view: patient's right on the left)</h2>{"".join(slice_html)}</section>
