@@ -163,6 +163,10 @@ def segment_share(
             f"{input}: only a folder of CT files can be split over processes; run one case as one process"
         )
     segment_kwargs["skip_existing"] = True
+    if launched and segment_kwargs.get("threads") is None:  # the ranks on a node share its cores
+        from organseg.training.distributed import cpu_threads_per_rank
+
+        segment_kwargs["threads"] = cpu_threads_per_rank(ctx)
     result = segment(input, output, shard=(k, n), **segment_kwargs)
     output = Path(output)
     cases = []
