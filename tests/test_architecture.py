@@ -178,6 +178,17 @@ def test_nothing_imports_the_public_api_or_the_cli() -> None:
     assert importers == [], importers
 
 
+def test_io_modules_import_only_public_names_from_each_other() -> None:
+    """Readers build on each other's public names (``io.checks``, ``io.nifti``, ``io.itk``, ``io.dicom``)."""
+    private = []
+    for path in sorted((PACKAGE / "io").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("organseg"):
+                names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                private += [f"{path.name}: {node.module}.{name}" for name in names]
+    assert private == []
+
+
 # --------------------------------------------------------------------------------------- the checker itself
 
 

@@ -26,8 +26,8 @@ defines them, so a test that lowers one patches it there (e.g. ``organseg.io.dic
 
 from organseg.geometry.grid import same_grid
 from organseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, check_writable, json_safe
+from organseg.io.checks import LPS_TO_RAS, MAX_VOXELS
 from organseg.io.dicom import MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, DicomSeries, list_dicom_series
-from organseg.io.formats import LPS_TO_RAS, MAX_VOXELS
 from organseg.io.readers import ImageKind, read_image, read_image_info, read_nifti, validate_volume
 from organseg.io.volume import (
     IMAGE_SUFFIXES,

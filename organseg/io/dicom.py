@@ -17,17 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from organseg.errors import InputError
-from organseg.io.formats import (
-    LPS_TO_RAS,
-    _check_file,
-    _check_shape,
-    _checked_affine,
-    _first_line,
-    _itk_dtype,
-    _itk_message,
-    _narrow,
-    _ras_affine,
-)
+from organseg.io.checks import LPS_TO_RAS, check_file, check_shape, checked_affine, first_line, narrow
+from organseg.io.itk import itk_dtype, itk_message, ras_affine
 from organseg.io.volume import IMAGE_SUFFIXES, ImageInfo, Volume
 
 #: Largest total uncompressed size of a DICOM zip.
@@ -104,7 +95,7 @@ def _dicom_tag(file: str, tag: str) -> str:
     return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
 
 
-def _choose_series(root: Path, shown: str, series_uid: str | None) -> tuple[_Series, list[_Series]]:
+def choose_series(root: Path, shown: str, series_uid: str | None) -> tuple[_Series, list[_Series]]:
     """The one series to read, and every series found (to spot slices that belong to none)."""
     found = _scan_dicom(root)
     if not found:
@@ -143,10 +134,10 @@ def _describe(series: list[_Series], root: Path) -> str:
     return "; ".join(parts)
 
 
-def _read_dicom_folder(root: Path, series_uid: str | None, shown: str) -> Volume:
+def read_dicom_folder(root: Path, series_uid: str | None, shown: str) -> Volume:
     """Read one series. Policy: a corrupt or missing slice is an error naming the file, never skipped,
     because a volume with a gap has a wrong geometry that nothing downstream could detect."""
-    series, found = _choose_series(root, shown, series_uid)
+    series, found = choose_series(root, shown, series_uid)
     _refuse_unplaced_slices(series, found, root, shown)
     first = sitk.ImageFileReader()
     first.SetFileName(series.files[0])
@@ -165,20 +156,20 @@ def _read_dicom_folder(root: Path, series_uid: str | None, shown: str) -> Volume
     except RuntimeError as err:
         bad = _first_unreadable(series.files)
         where = f"slice {_rel(bad, root)} is corrupt or truncated" if bad else "cannot read the series"
-        raise InputError(f"{shown}: {where} ({_itk_message(err)})") from None
+        raise InputError(f"{shown}: {where} ({itk_message(err)})") from None
     _check_slice_positions(reader, image, series, root, shown)
-    affine = _ras_affine(shown, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    affine = ras_affine(shown, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     array = sitk.GetArrayFromImage(image)  # (z, y, x), a copy owned by numpy
     if array.ndim == 2:
         array = array[np.newaxis]
-    return Volume(array=_narrow(array.transpose(2, 1, 0)), affine=affine, source=shown)
+    return Volume(array=narrow(array.transpose(2, 1, 0)), affine=affine, source=shown)
 
 
 def _check_declared_slices(first: sitk.ImageFileReader, series: _Series, root: Path, shown: str) -> None:
     """ITK allocates rows x columns x slices from the first header: refuse sizes that no file here could
     hold, even compressed, before anything is allocated (a forged 60000 x 60000 header in a 1 kB file)."""
     cols, rows, frames = (list(first.GetSize()) + [1])[:3]
-    _check_shape(shown, (cols, rows, max(1, frames) * len(series.files)))
+    check_shape(shown, (cols, rows, max(1, frames) * len(series.files)))
     try:
         bits = int(first.GetMetaData("0028|0100")) if first.HasMetaDataKey("0028|0100") else 16
     except ValueError:
@@ -254,9 +245,9 @@ def _rel(file: str, root: Path) -> str:
         return str(file)
 
 
-def _dicom_folder_info(root: Path, series_uid: str | None) -> ImageInfo:
+def dicom_folder_info(root: Path, series_uid: str | None) -> ImageInfo:
     """Grid of a DICOM series from the headers of its first and last slices (voxels not read)."""
-    series, _ = _choose_series(root, str(root), series_uid)
+    series, _ = choose_series(root, str(root), series_uid)
     readers = []
     for file in (series.files[0], series.files[-1]):
         reader = sitk.ImageFileReader()
@@ -265,30 +256,30 @@ def _dicom_folder_info(root: Path, series_uid: str | None) -> ImageInfo:
             reader.ReadImageInformation()
         except RuntimeError as err:
             raise InputError(
-                f"{root}: slice {_rel(file, root)} is unreadable ({_itk_message(err)})"
+                f"{root}: slice {_rel(file, root)} is unreadable ({itk_message(err)})"
             ) from None
         readers.append(reader)
     first, last = readers
     n = len(series.files)
     size = first.GetSize()
-    affine = _ras_affine(root, first.GetSpacing(), first.GetOrigin(), first.GetDirection())
+    affine = ras_affine(root, first.GetSpacing(), first.GetOrigin(), first.GetDirection())
     if n > 1:
         step_lps = (np.asarray(last.GetOrigin()) - np.asarray(first.GetOrigin())) / (n - 1)
         affine[:3, 2] = LPS_TO_RAS[:3, :3] @ step_lps
-    shape = _check_shape(root, (size[0], size[1], n))
-    return ImageInfo(shape, _checked_affine(root, affine), _itk_dtype(root, first), str(root))
+    shape = check_shape(root, (size[0], size[1], n))
+    return ImageInfo(shape, checked_affine(root, affine), itk_dtype(root, first), str(root))
 
 
-def _read_dicom_zip(path: Path, series_uid: str | None) -> Volume:
+def read_dicom_zip(path: Path, series_uid: str | None) -> Volume:
     """Extract a zip of DICOM slices to a private temporary folder, refusing unsafe members, and read it."""
-    _check_file(path)
+    check_file(path)
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
-        raise InputError(f"{path}: not a readable zip file ({_first_line(err)})") from None
+        raise InputError(f"{path}: not a readable zip file ({first_line(err)})") from None
     with archive, tempfile.TemporaryDirectory(prefix="organseg-zip-") as tmp:
         root = Path(tmp)
-        members = _safe_members(path, archive)
+        members = safe_members(path, archive)
         for info, parts in members:
             target = root.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -302,12 +293,12 @@ def _read_dicom_zip(path: Path, series_uid: str | None) -> Volume:
                 EOFError,
             ) as err:  # CRC, encryption, truncation
                 raise InputError(
-                    f"{path}: member {info.filename!r} cannot be extracted ({_first_line(err)})"
+                    f"{path}: member {info.filename!r} cannot be extracted ({first_line(err)})"
                 ) from None
-        return _read_dicom_folder(root, series_uid, shown=str(path))
+        return read_dicom_folder(root, series_uid, shown=str(path))
 
 
-def _safe_members(path: Path, archive: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+def safe_members(path: Path, archive: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, list[str]]]:
     infos = archive.infolist()
     if len(infos) > MAX_ZIP_MEMBERS:
         raise InputError(f"{path}: holds {len(infos):,} members, more than {MAX_ZIP_MEMBERS:,}")

@@ -36,8 +36,8 @@ import numpy as np
 
 from organseg.errors import InputError, OutputError
 from organseg.io.atomic import atomic_path
-from organseg.io.dicom import _choose_series, _safe_members
-from organseg.io.formats import LPS_TO_RAS, _first_line
+from organseg.io.checks import LPS_TO_RAS, first_line
+from organseg.io.dicom import choose_series, safe_members
 from organseg.io.volume import IMAGE_SUFFIXES
 from organseg.io.writers import organseg_version
 from organseg.labels import LabelMap
@@ -94,14 +94,14 @@ def source_datasets(path: str | Path, series_uid: str | None = None) -> Iterator
         if path.is_file() and path.name.lower().endswith(".zip"):
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="organseg-seg-")))
             _extract(path, root)
-        series, _ = _choose_series(root, str(path), series_uid)
+        series, _ = choose_series(root, str(path), series_uid)
         datasets = []
         for file in series.files:
             try:
                 datasets.append(pydicom.dcmread(file, stop_before_pixels=True))
             except Exception as err:  # pydicom raises many types for a damaged file
                 raise InputError(
-                    f"{path}: {Path(file).name}: not readable as DICOM ({_first_line(err)})"
+                    f"{path}: {Path(file).name}: not readable as DICOM ({first_line(err)})"
                 ) from None
         _fill_missing_uids(datasets, str(path))
         yield datasets
@@ -148,9 +148,9 @@ def _extract(path: Path, root: Path) -> None:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
-        raise InputError(f"{path}: not a readable zip file ({_first_line(err)})") from None
+        raise InputError(f"{path}: not a readable zip file ({first_line(err)})") from None
     with archive:
-        for info, parts in _safe_members(path, archive):
+        for info, parts in safe_members(path, archive):
             target = root.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as src, open(target, "wb") as dst:

@@ -9,19 +9,10 @@ from typing import Literal
 import numpy as np
 
 from organseg.errors import InputError
-from organseg.io.dicom import _dicom_folder_info, _read_dicom_folder, _read_dicom_zip
-from organseg.io.formats import (
-    _check_file,
-    _check_shape,
-    _checked_affine,
-    _itk_dtype,
-    _itk_info,
-    _open_nifti,
-    _ras_affine,
-    _read_itk_file,
-    _read_nifti_file,
-    _sniff,
-)
+from organseg.io.checks import check_file, check_shape, checked_affine, sniff
+from organseg.io.dicom import dicom_folder_info, read_dicom_folder, read_dicom_zip
+from organseg.io.itk import itk_dtype, itk_info, ras_affine, read_itk_file
+from organseg.io.nifti import open_nifti, read_nifti_file
 from organseg.io.volume import IMAGE_SUFFIXES, ITK_SUFFIXES, ImageInfo, Volume, is_nifti
 
 ImageKind = Literal["image", "ct", "mask"]
@@ -51,19 +42,19 @@ def read_image(path: str | Path, series_uid: str | None = None, kind: ImageKind 
         raise InputError(f"{path}: no such file or folder")
     lower = path.name.lower()
     if path.is_dir():
-        vol = _read_dicom_folder(path, series_uid, shown=str(path))
+        vol = read_dicom_folder(path, series_uid, shown=str(path))
     elif lower.endswith(".zip"):
-        vol = _read_dicom_zip(path, series_uid)
+        vol = read_dicom_zip(path, series_uid)
     else:
         if series_uid is not None:
             raise InputError(f"{path}: a series UID only applies to a DICOM folder or zip")
-        _check_file(path)
+        check_file(path)
         if is_nifti(path):
-            vol = _read_nifti_file(path)
+            vol = read_nifti_file(path)
         elif lower.endswith(ITK_SUFFIXES):
-            vol = _read_itk_file(path)
+            vol = read_itk_file(path)
         else:
-            what = _sniff(path)
+            what = sniff(path)
             if what == "a DICOM file":
                 raise InputError(f"{path}: a single DICOM file; pass the folder that holds the whole series")
             raise InputError(
@@ -78,8 +69,8 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    _check_file(path)
-    return validate_volume(_read_nifti_file(path), "image")
+    check_file(path)
+    return validate_volume(read_nifti_file(path), "image")
 
 
 def read_image_info(path: str | Path, series_uid: str | None = None) -> ImageInfo:
@@ -91,22 +82,22 @@ def read_image_info(path: str | Path, series_uid: str | None = None) -> ImageInf
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        return _dicom_folder_info(path, series_uid)
+        return dicom_folder_info(path, series_uid)
     if path.name.lower().endswith(".zip"):
         vol = read_image(path, series_uid)
         return ImageInfo(vol.shape, vol.affine, vol.array.dtype, str(path))
-    _check_file(path)
+    check_file(path)
     if is_nifti(path):
-        img = _open_nifti(path)
-        shape = _check_shape(path, img.shape)
-        return ImageInfo(shape, _checked_affine(path, img.affine), img.get_data_dtype(), str(path))
+        img = open_nifti(path)
+        shape = check_shape(path, img.shape)
+        return ImageInfo(shape, checked_affine(path, img.affine), img.get_data_dtype(), str(path))
     if path.name.lower().endswith(ITK_SUFFIXES):
-        reader = _itk_info(path)
-        shape = _check_shape(path, tuple(reader.GetSize()))
-        affine = _ras_affine(path, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-        return ImageInfo(shape, affine, _itk_dtype(path, reader), str(path))
+        reader = itk_info(path)
+        shape = check_shape(path, tuple(reader.GetSize()))
+        affine = ras_affine(path, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+        return ImageInfo(shape, affine, itk_dtype(path, reader), str(path))
     raise InputError(
-        f"{path}: unsupported file type ({_sniff(path)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
+        f"{path}: unsupported file type ({sniff(path)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
     )
 
 
@@ -120,8 +111,8 @@ def validate_volume(vol: Volume, kind: ImageKind = "image") -> Volume:
     if kind not in ("image", "ct", "mask"):
         raise ValueError(f"kind must be 'image', 'ct' or 'mask', got {kind!r}")
     src = vol.source
-    shape = _check_shape(src, vol.array.shape)
-    _checked_affine(src, vol.affine)
+    shape = check_shape(src, vol.array.shape)
+    checked_affine(src, vol.affine)
     array = vol.array if vol.array.ndim == 3 else vol.array.reshape(shape)
     if array.dtype.kind not in "biuf":
         raise InputError(f"{src}: voxel type {array.dtype} is not a scalar number (RGB or complex image?)")
