@@ -64,10 +64,11 @@ def phantom_stats(n: int, seed: int, spacing_mm: float) -> list[dict]:
     return out
 
 
-def fmt(v) -> str:
+def fmt(v, key: str = "") -> str:
+    """Millimetres and millilitres as integers, levels, rib numbers and fractions with two decimals."""
     if v is None:
         return "-"
-    return f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}"
+    return f"{v:.0f}" if key.endswith(("_mm", "_ml")) else f"{v:.2f}"
 
 
 def table(real: dict[str, dict], phantoms: list[dict]) -> tuple[str, int]:
@@ -80,10 +81,12 @@ def table(real: dict[str, dict], phantoms: list[dict]) -> tuple[str, int]:
         vals = np.array([p[key] for p in phantoms if p[key] is not None], float)
         share = np.mean((vals >= ref.lo) & (vals <= ref.hi)) if len(vals) else float("nan")
         outside += int(len(vals) and share < 1)
-        spread = " / ".join(fmt(f(vals)) for f in (np.min, np.median, np.max)) if len(vals) else "-"
+        spread = " / ".join(fmt(f(vals), key) for f in (np.min, np.median, np.max)) if len(vals) else "-"
+        s0011, example = (fmt(real.get(name, {}).get(key), key) for name in ("s0011", "example"))
+        verdict = "in" if share == 1 else f"OUT ({share:.0%} in)"
         lines.append(
-            f"| `{key}` ({ref.meaning}) | {fmt(ref.lo)} .. {fmt(ref.hi)} | {fmt(real.get('s0011', {}).get(key))} | "
-            f"{fmt(real.get('example', {}).get(key))} | {spread} | {'in' if share == 1 else f'OUT ({share:.0%} in)'} |"
+            f"| `{key}` ({ref.meaning}) | {fmt(ref.lo, key)} .. {fmt(ref.hi, key)} | {s0011} | {example} | "
+            f"{spread} | {verdict} |"
         )
     return "\n".join(lines), outside
 
