@@ -18,16 +18,22 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from conftest import SHARED_DATA, require_shared_data
 
+from organseg.cli import main
 from organseg.config import LabelMap
 from organseg.errors import InputError, OutputError
 from organseg.io.dicomseg import check_dicom_seg_request, write_series_seg
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SHARED = SHARED_DATA
 SERIES = SHARED / "totalseg-dicom" / "dicom"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
-pytestmark = pytest.mark.skipif(not SERIES.is_dir(), reason=f"real DICOM series not found at {SERIES}")
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_series() -> None:
+    """Skip without the shared DICOM series (fail under CI=true, as conftest's fixtures do)."""
+    require_shared_data(SERIES)
 
 
 def organseg(*args: str) -> subprocess.CompletedProcess:
@@ -182,21 +188,31 @@ def test_dciodvfy_reports_no_errors(zip_run: tuple[Path, Path, str]) -> None:
     assert [line for line in report.splitlines() if line.startswith("Error")] == [], report
 
 
-def test_bad_requests_are_one_line_errors(tmp_path: Path) -> None:
+def test_bad_requests_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     nifti = SHARED / "totalseg-example" / "ct.nii.gz"
     with pytest.raises(InputError, match="DICOM-SEG needs a DICOM series"):
         check_dicom_seg_request(nifti, tmp_path / "seg.dcm")
     with pytest.raises(OutputError, match=r"ending in \.dcm"):
         check_dicom_seg_request(SERIES, tmp_path / "seg.nii.gz")
-    proc = organseg(
-        "infer", "--input", str(nifti), "--output", str(tmp_path / "s.dcm"), "--output-type", "dicom-seg"
-    )
-    assert proc.returncode != 0 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith("organseg: error: ") and "DICOM-SEG needs a DICOM series" in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "infer",
+                "--input",
+                str(nifti),
+                "--output",
+                str(tmp_path / "s.dcm"),
+                "--output-type",
+                "dicom-seg",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and err.count("\n") == 1
+    assert err.startswith("organseg: error: ") and "DICOM-SEG needs a DICOM series" in err
     assert not list(tmp_path.iterdir())
 
 
-def test_several_series_need_series_uid(tmp_path: Path) -> None:
+def test_several_series_need_series_uid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A folder with two series: the existing 'choose one with --series' error, before inference."""
     for n, uid in enumerate(("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2")):
         folder = tmp_path / "in" / f"s{n}"
@@ -209,14 +225,18 @@ def test_several_series_need_series_uid(tmp_path: Path) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds.save_as(folder / file.name)
-    proc = organseg(
-        "infer",
-        "--input",
-        str(tmp_path / "in"),
-        "--output",
-        str(tmp_path / "seg.dcm"),
-        "--output-type",
-        "dicom-seg",
-    )
-    assert proc.returncode != 0 and "choose one with --series" in proc.stderr, proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "infer",
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(tmp_path / "seg.dcm"),
+                "--output-type",
+                "dicom-seg",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and "choose one with --series" in err, err
     assert not (tmp_path / "seg.dcm").exists()
