@@ -181,3 +181,21 @@ def test_training_config_turns_variants_on_per_seed():
     d["train"]["synthetic"]["arms_fraction"] = 1.5
     with pytest.raises(ConfigError, match="train.synthetic.arms_fraction"):
         config_from_dict(d, "bad")
+
+
+def test_stream_and_dataset_writer_take_variants_too(tmp_path):
+    import json
+
+    from organseg.phantom import PhantomStream, synthesize
+
+    stream = PhantomStream(spacing_mm=6.0, seed=4, length=2, variants=Variants(thin_slab=1.0))
+    first, again = (
+        list(stream),
+        list(PhantomStream(spacing_mm=6.0, seed=4, length=2, variants=Variants(thin_slab=1.0))),
+    )
+    for item, twin in zip(first, again):
+        assert item["image"].shape[-1] * 6.0 <= 66  # a 20-60 mm slab at 6 mm
+        assert np.array_equal(item["image"], twin["image"])
+    synthesize(tmp_path, 1, seed=2, progress=False, spacing_mm=6.0, variants=Variants(arms=1.0))
+    records = json.loads((tmp_path / "phantoms.json").read_text())
+    assert records[0]["variants"] == {"arms": True}

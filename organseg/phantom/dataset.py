@@ -325,6 +325,7 @@ def synthesize(
     labels: LabelMap = LabelMap(),
     max_voxels: int = DEFAULT_MAX_VOXELS,
     perirenal_fat: bool = False,
+    variants: variants_mod.Variants | None = None,
 ) -> list[Path]:
     """Write ``n`` phantoms as a Medical Segmentation Decathlon dataset; return the image paths.
 
@@ -332,7 +333,8 @@ def synthesize(
     and ``phantoms.json`` (what each case drew). Case ``i`` comes from ``case_rng(seed, i)``, so it
     does not depend on ``n``. Even cases are stored RAS, odd cases LPS (NIfTI affines map both to
     RAS+ mm). A non-empty ``out_dir`` is refused unless ``overwrite``; then older ``phantom_*``
-    files that the new set does not include are removed.
+    files that the new set does not include are removed. ``variants``: as in ``generate_case`` (what each case
+    got is in ``phantoms.json``).
     """
     check_options(phase, "RAS", fov)
     out = Path(out_dir)
@@ -352,7 +354,7 @@ def synthesize(
         orientation = "RAS" if i % 2 == 0 else "LPS"
         p = generate_phantom(
             case_rng(seed, i), spacing_mm=spacing_mm, fov=fov, orientation=orientation, phase=phase,
-            labels=labels, max_voxels=max_voxels, perirenal_fat=perirenal_fat,
+            labels=labels, max_voxels=max_voxels, perirenal_fat=perirenal_fat, variants=variants,
         )  # fmt: skip
         header = nib.Nifti1Header()
         header.set_xyzt_units("mm")

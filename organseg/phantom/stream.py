@@ -15,7 +15,8 @@ import numpy as np
 import torch.utils.data
 
 from organseg.config import LabelMap
-from organseg.phantom.dataset import _build_scene, _finish, check_options
+from organseg.phantom.dataset import _build_scene, _draw_variants, _finish, check_options
+from organseg.phantom.variants import Variants
 
 
 class PhantomStream(torch.utils.data.IterableDataset):
@@ -28,7 +29,8 @@ class PhantomStream(torch.utils.data.IterableDataset):
         seed: base seed; ``rank``: this process's distributed rank (0 when not distributed).
         length: anatomies per pass over the stream (``None``: endless); items = length x appearances.
         appearances_per_anatomy: appearance re-draws of each anatomy.
-        fov, orientation, phase, labels, artefacts, perirenal_fat: as in ``generate_case``.
+        fov, orientation, phase, labels, artefacts, perirenal_fat, variants: as in ``generate_case``
+            (a variant is drawn per anatomy; thin slabs need ``shape=None``).
 
     Example:
         >>> stream = PhantomStream(spacing_mm=3.0, shape=(96, 96, 96), seed=1, length=8)
@@ -50,6 +52,7 @@ class PhantomStream(torch.utils.data.IterableDataset):
         labels: LabelMap = LabelMap(),
         artefacts: bool = True,
         perirenal_fat: bool = False,
+        variants: Variants | None = None,
     ):
         super().__init__()
         check_options(phase, orientation, fov)
@@ -60,6 +63,7 @@ class PhantomStream(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.length = int(seed), int(rank), length
         self.appearances = int(appearances_per_anatomy)
         self.perirenal_fat = bool(perirenal_fat)
+        self.variants = variants
         self.fov, self.orientation, self.phase, self.labels, self.artefacts = (
             fov,
             orientation,
@@ -78,10 +82,10 @@ class PhantomStream(torch.utils.data.IterableDataset):
 
     def anatomy_items(self, a: int) -> Iterator[dict]:
         """The ``appearances_per_anatomy`` items of anatomy ``a`` (deterministic)."""
-        anat_rng, geom_rng = np.random.default_rng([self.seed, self.rank, a, 0]).spawn(2)
+        anat_rng, geom_rng, var_rng = np.random.default_rng([self.seed, self.rank, a, 0]).spawn(3)
         scene = _build_scene(
             anat_rng, geom_rng, self.spacing_mm, self.shape, self.fov,
-            max_voxels=10**9, perirenal_fat=self.perirenal_fat,
+            max_voxels=10**9, perirenal_fat=self.perirenal_fat, variant=_draw_variants(var_rng, self.variants),
         )  # fmt: skip
         for j in range(self.appearances):
             app_rng, orient_rng = np.random.default_rng([self.seed, self.rank, a, j + 1]).spawn(2)
