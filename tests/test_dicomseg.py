@@ -115,6 +115,20 @@ def check_round_trip(seg_path: Path, nifti: Path) -> None:
         expected = expected_frames(nifti, sources, labels.names.index(organ))
         assert expected.sum() > 1000  # a real organ, not an empty check
         np.testing.assert_array_equal(pixels[..., s].astype(bool), expected, err_msg=organ)
+    # As a viewer places it: highdicom's volume from the SEG's own plane positions (LPS affine), compared
+    # with the NIfTI in world space; no source UID or file order is involved here.
+    volume = seg.get_volume(segment_numbers=[1, 2])
+    img = nib.load(nifti)
+    to_nifti = np.linalg.inv(img.affine) @ np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
+    idx = np.indices(volume.shape[:3]).reshape(3, -1)
+    ijk = to_nifti[:3, :3] @ idx + to_nifti[:3, 3:]
+    assert np.abs(ijk - np.rint(ijk)).max() < 1e-3
+    ijk = np.rint(ijk).astype(int)
+    sampled = np.asarray(img.dataobj)[ijk[0], ijk[1], ijk[2]].reshape(volume.shape[:3])
+    for s, organ in enumerate(found):
+        np.testing.assert_array_equal(
+            volume.array[..., s] > 0, sampled == labels.names.index(organ), err_msg=organ
+        )
 
 
 def test_zip_run_writes_a_dicom_seg_whose_frames_equal_the_nifti_mask(
