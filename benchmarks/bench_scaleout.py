@@ -35,7 +35,7 @@ def launch(procs: int, args: list[str]) -> list[str]:
     return [
         sys.executable,
         *("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)),
-        *("-m", "organseg", *args),
+        *("-m", "organseg", "--", *args),  # "--": torchrun would read --run as its --run-path
     ]
 
 
