@@ -254,3 +254,17 @@ def test_several_series_need_series_uid(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and "choose one with --series" in err, err
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_slices_without_a_position_are_refused(tmp_path: Path) -> None:
+    """A source slice the SEG cannot be placed on (no ImagePositionPatient) is a one-line InputError."""
+    from organseg.io.dicomseg import source_datasets
+
+    for n, file in enumerate(sorted(SERIES.iterdir())[:3]):
+        ds = pydicom.dcmread(file)
+        if n == 1:
+            del ds.ImagePositionPatient
+        ds.save_as(tmp_path / file.name)
+    with pytest.raises(InputError, match="needs a series of single-frame slices"):
+        with source_datasets(tmp_path):
+            pass

@@ -103,6 +103,12 @@ def source_datasets(path: str | Path, series_uid: str | None = None) -> Iterator
                 raise InputError(
                     f"{path}: {Path(file).name}: not readable as DICOM ({first_line(err)})"
                 ) from None
+        for ds in datasets:
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "ImagePositionPatient" not in ds:
+                raise InputError(
+                    f"{path}: {Path(ds.filename).name}: a multi-frame (enhanced) image or one without "
+                    "ImagePositionPatient; DICOM-SEG output needs a series of single-frame slices"
+                )
         _fill_missing_uids(datasets, str(path))
         yield datasets
 
