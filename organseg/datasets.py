@@ -303,7 +303,8 @@ def unexpected_values(case: Case, cfg: Config, raw: np.ndarray) -> list[int]:
     """
     if cfg.data.label_preset or case.layout == "totalsegmentator":
         return []
-    return unexpected_label_values(raw, label_mapping(cfg, case.label_names), (v for v, _ in case.label_names))
+    declared = (v for v, _ in case.label_names)
+    return unexpected_label_values(raw, label_mapping(cfg, case.label_names), declared)
 
 
 def read_case(case: Case, cfg: Config) -> tuple[io.Volume, io.Volume]:
@@ -425,7 +426,8 @@ def _check_label_values(case: Case, cfg: Config, image: io.ImageInfo) -> list[st
         raw = io.read_image(case.label, kind="mask").array
         unexpected = unexpected_values(case, cfg, raw)
         if unexpected:
-            notes.append(f"{describe_unexpected(unexpected, cfg.labels)}; training refuses this case")
+            why = describe_unexpected(unexpected, cfg.labels)
+            notes.append(f"unexpected label values {unexpected[0]}: {why} (training refuses this case)")
         mapped = remap_labels(raw, label_mapping(cfg, case.label_names), str(case.label))
     if not set(present_values(mapped)) - {0}:
         how = _mapping_name(cfg, case)

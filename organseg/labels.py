@@ -221,8 +221,8 @@ def describe_unexpected(values: Sequence[int], labels: LabelMap) -> str:
     """The one wording for unexpected label values (``check`` warns with it, training raises it)."""
     shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
     return (
-        f"unexpected label values {shown} (not in the label map {labels.describe()}; "
-        "set data.label_map or data.label_preset)"
+        f"label values [{shown}] are not in the label map ({labels.describe()}); "
+        "set data.label_map or data.label_preset"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -50,6 +51,65 @@ def dicom_dir() -> Path:
 def dicom_seg() -> Path:
     """TotalSegmentator labels for ``dicom_dir``; its rows are flipped relative to the series (LAS vs LPS)."""
     return require_shared_data(SHARED_DATA / "totalseg-dicom" / "seg_totalsegmentator.nii.gz")
+
+
+#: What every tiny test config shares: the demo config's network shrunk to two levels (4/8 filters).
+TINY_NETWORK: dict[str, object] = {"model.filters": [4, 8], "model.bottleneck": 8}
+
+
+def tiny_config_dict(settings: Mapping[str, object] | None = None, base: str = "demo") -> dict:
+    """The ``base`` config as a plain dict with ``TINY_NETWORK`` and ``settings`` applied.
+
+    ``settings`` maps dotted keys to values, e.g. ``{"preprocess.spacing_mm": [6.0, 6.0, 6.0]}``; the one
+    builder behind every test module's tiny config (each module passes its own settings).
+    """
+    from organseg.config import config_to_dict, load_config
+
+    data = config_to_dict(load_config(base))
+    for key, value in {**TINY_NETWORK, **(settings or {})}.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return data
+
+
+def tiny_config(settings: Mapping[str, object] | None = None, base: str = "demo"):
+    """``tiny_config_dict`` as a validated ``Config``."""
+    from organseg.config import config_from_dict
+
+    return config_from_dict(tiny_config_dict(settings, base), "tiny")
+
+
+def affine_4mm(origin=(-70.0, -60.0, -50.0)) -> np.ndarray:
+    """A 4 mm isotropic RAS grid (voxel -> RAS+ mm) with a non-zero origin."""
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def save_nifti(
+    path: Path,
+    array: np.ndarray,
+    affine: np.ndarray | None = None,
+    qcode: int | None = None,
+    scode: int | None = None,
+) -> Path:
+    """Write ``array`` as NIfTI, parent folders created (``affine_4mm()`` when no affine is given).
+
+    ``qcode``/``scode`` set the qform/sform codes (1 scanner, 0 unset) so tests can write the headers other
+    tools produce; ``None`` keeps nibabel's defaults (qform 0, sform 2).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = affine_4mm() if affine is None else np.asarray(affine, dtype=float)
+    img = nib.Nifti1Image(array, affine)
+    if qcode is not None:
+        img.set_qform(affine, code=qcode)
+    if scode is not None:
+        img.set_sform(affine, code=scode)
+    nib.save(img, str(path))
+    return path
 
 
 def oblique_affine(spacing=(0.9, 1.1, 2.5), angle_deg=12.0, origin=(-20.0, 35.0, 110.0)) -> np.ndarray:

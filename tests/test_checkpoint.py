@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from organseg.checkpoint import (
     build_model,
@@ -18,15 +19,13 @@ from organseg.checkpoint import (
     save_checkpoint,
     save_safetensors_model,
 )
-from organseg.config import config_to_dict, load_config, replace_path
+from organseg.config import config_to_dict, replace_path
 from organseg.errors import ModelError
 
 
 @pytest.fixture
 def tiny_cfg():
-    cfg = load_config("demo")
-    cfg = replace_path(cfg, "model.filters", [4, 8])
-    return replace_path(cfg, "model.bottleneck", 8)
+    return tiny_config()
 
 
 def _perturbed(cfg) -> torch.nn.Module:

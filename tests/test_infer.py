@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import conftest
 import nibabel as nib
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 
 from organseg import io, modelstore
 from organseg.checkpoint import build_model, save_checkpoint
-from organseg.config import LabelMap, PostprocessConfig, config_to_dict, load_config, replace_path
+from organseg.config import LabelMap, PostprocessConfig, config_to_dict, replace_path
 from organseg.errors import ModelError, OutputError
 from organseg.geometry import Grid
 from organseg.infer import check_ct_intensities, segment
@@ -30,14 +31,9 @@ from organseg.modelstore import default_model, resolve_model_files
 
 
 def tiny_config(spacing_mm: float = 6.0, patch: int = 32, labels: dict | None = None):
-    cfg = load_config("demo")
-    cfg = replace_path(cfg, "model.filters", [4, 8])
-    cfg = replace_path(cfg, "model.bottleneck", 8)
-    cfg = replace_path(cfg, "preprocess.spacing_mm", [spacing_mm] * 3)
-    cfg = replace_path(cfg, "train.patch_size", [patch] * 3)
-    if labels is not None:
-        cfg = replace_path(cfg, "labels", labels)
-    return cfg
+    """The shared tiny config at ``spacing_mm`` with ``patch``^3 windows (and other ``labels``)."""
+    settings = {"preprocess.spacing_mm": [spacing_mm] * 3, "train.patch_size": [patch] * 3}
+    return conftest.tiny_config({**settings, **({"labels": labels} if labels is not None else {})})
 
 
 def save_tiny(path: Path, cfg=None, seed: int = 0, background_only: bool = False) -> Path:
@@ -93,7 +89,12 @@ def test_real_ct_mask_on_input_grid(real_ct: Path, tiny_model: Path, tmp_path: P
     assert manifest["models"] == [str(tiny_model)]
     assert {"read", "preprocess", "network", "invert", "write"} <= set(manifest["timings_s"])
     assert manifest["versions"]["torch"] == torch.__version__
-    assert result.mask == out and result.cases[0].volumes_ml["liver"] >= 0
+    assert result.mask == out
+    voxel_ml = abs(np.linalg.det(ct.affine[:3, :3])) / 1000.0  # the volumes are counted on the written mask
+    for organ_id, organ in enumerate(LabelMap().organs, start=1):
+        expected = np.count_nonzero(data == organ_id) * voxel_ml
+        assert result.cases[0].volumes_ml[organ] == pytest.approx(expected, rel=1e-6), organ
+    assert sum(result.cases[0].volumes_ml.values()) > 0
 
 
 def test_dicom_mask_on_dicom_grid(dicom_dir: Path, tiny_model: Path, tmp_path: Path) -> None:

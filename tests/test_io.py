@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -9,6 +10,7 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
+import conftest
 import nibabel as nib
 import nrrd
 import numpy as np
@@ -31,12 +33,8 @@ PROPERTY = settings(
 # --------------------------------------------------------------------------------------- helpers
 
 
-def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, qcode: int = 1, scode: int = 1) -> Path:
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=qcode)
-    img.set_sform(affine, code=scode)
-    nib.save(img, path)
-    return path
+#: The shared writer with scanner qform and sform codes (1), as scanners write them.
+save_nifti = functools.partial(conftest.save_nifti, qcode=1, scode=1)
 
 
 def ramp(shape=(6, 5, 4), dtype=np.int16) -> np.ndarray:
@@ -552,7 +550,7 @@ CODES = [(1, 1), (2, 2), (0, 2), (1, 0), (2, 4)]
 @given(affine=affines(), codes=st.sampled_from(CODES))
 def test_write_mask_keeps_grid_and_codes(tmp_path, affine, codes):
     qcode, scode = codes
-    like = io.read_image(save_nifti(tmp_path / "ct.nii.gz", ramp(), affine, qcode, scode))
+    like = io.read_image(save_nifti(tmp_path / "ct.nii.gz", ramp(), affine, qcode=qcode, scode=scode))
     mask = (np.arange(120).reshape(6, 5, 4) % 5).astype(np.uint8)
     written = io.write_mask(mask, like, tmp_path / "mask.nii.gz", LabelMap())
     assert [p.name for p in written] == ["mask.nii.gz", "mask.json", "mask.label.txt"]

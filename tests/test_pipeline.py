@@ -11,10 +11,12 @@ import pytest
 from organseg.pipeline import DEMO_FOV, DEMO_PHASE, HELD_OUT_CASES, demo
 from tests.robustness.conftest import write_tiny_config
 
-
 #: Not the training grid (4 mm) and anisotropic, so the masks must be mapped back; coarser than the
 #: demo's clinical default (0.8 x 0.8 x 2.5 mm) to keep the test to seconds.
 HELD_OUT_SPACING = (1.6, 1.6, 5.0)
+
+#: The whole demo (synthesis, training, inference on held-out phantoms) takes about 2 minutes on 2 cores.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from organseg.checkpoint import load_checkpoint, model_from_checkpoint
-from organseg.config import config_from_dict, config_to_dict, load_config, save_config
+from organseg.config import load_config, save_config
 from organseg.errors import ConfigError, InputError, ModelError, OutputError
 from organseg.modelstore import RUN_MARKER
 from organseg.training import InterruptFlag, TrainingInterrupted, dry_run, fold_indices
@@ -67,23 +67,24 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def tiny_config(**train):
-    d = config_to_dict(load_config("demo"))
-    d["preprocess"].update(spacing_mm=[4.0, 4.0, 4.0], margin_mm=4.0)
-    d["model"].update(filters=[4, 8], bottleneck=8, dropout=0.1)  # dropout: resume must replay its RNG too
-    d["train"].update(
-        patch_size=[16, 16, 16],
-        batch_size=2,
-        samples_per_volume=2,
-        epochs=2,
-        steps_per_epoch=3,
-        val_every=1,
-        folds=2,
-        warmup_epochs=1,
-        lr=0.003,
+    return conftest.tiny_config(
+        {
+            "preprocess.spacing_mm": [4.0, 4.0, 4.0],
+            "preprocess.margin_mm": 4.0,
+            "model.dropout": 0.1,  # resume must replay its RNG too
+            "train.patch_size": [16, 16, 16],
+            "train.batch_size": 2,
+            "train.samples_per_volume": 2,
+            "train.epochs": 2,
+            "train.steps_per_epoch": 3,
+            "train.val_every": 1,
+            "train.folds": 2,
+            "train.warmup_epochs": 1,
+            "train.lr": 0.003,
+            "infer.overlap": 0.0,
+            **{f"train.{key}": value for key, value in train.items()},
+        }
     )
-    d["train"].update(train)
-    d["infer"].update(overlap=0.0)
-    return config_from_dict(d, "tiny")
 
 
 def train(*args, **kwargs) -> Path:
@@ -225,6 +226,7 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(full_run, dataset, tmp_path,
     )
 
 
+@pytest.mark.slow  # a real process killed mid-training: ~40 s on 2 shared cores
 def test_kill_9_loses_at_most_the_current_epoch(dataset, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config(epochs=50, steps_per_epoch=1, val_every=100)
@@ -384,9 +386,6 @@ def test_synthetic_training_refreshes_the_pool_and_resumes_exactly(tmp_path):
 
 
 def test_synthetic_training_with_the_phantom_generator(tmp_path):
-    phantom = pytest.importorskip("organseg.phantom")
-    if not hasattr(phantom, "generate_case"):
-        pytest.skip("organseg.phantom.generate_case is not there yet")
     syn = {"enabled": True, "pool_size": 1, "refresh_per_epoch": 1, "cases_per_epoch": 1, "val_cases": 1}
     train(
         tiny_config(epochs=1, steps_per_epoch=1, synthetic=syn),

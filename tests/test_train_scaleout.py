@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from organseg.checkpoint import build_model, load_safetensors_model, save_safetensors_model
-from organseg.config import config_from_dict, config_to_dict, load_config
+from organseg.config import config_from_dict, config_to_dict
 from organseg.errors import ConfigError, ModelError
 from organseg.training import data as D
 from organseg.training import train
@@ -18,18 +18,23 @@ from organseg.training.loop import init_weights
 
 
 def tiny_config(**synthetic):
-    d = config_to_dict(load_config("demo"))
-    d["preprocess"].update(spacing_mm=[4.0, 4.0, 4.0], margin_mm=4.0)
-    d["model"].update(filters=[4, 8], bottleneck=8)
-    d["train"].update(
-        patch_size=[16, 16, 16], batch_size=2, samples_per_volume=1, epochs=1, steps_per_epoch=2
+    settings = {
+        "preprocess.spacing_mm": [4.0, 4.0, 4.0],
+        "preprocess.margin_mm": 4.0,
+        "train.patch_size": [16, 16, 16],
+        "train.batch_size": 2,
+        "train.samples_per_volume": 1,
+        "train.epochs": 1,
+        "train.steps_per_epoch": 2,
+        "infer.overlap": 0.0,
+    }
+    synthetic = (
+        dict(enabled=True, pool_size=3, refresh_per_epoch=2, cases_per_epoch=2, val_cases=1, seed=40)
+        | synthetic
     )
-    d["train"]["synthetic"].update(
-        enabled=True, pool_size=3, refresh_per_epoch=2, cases_per_epoch=2, val_cases=1, seed=40
+    return conftest.tiny_config(
+        settings | {f"train.synthetic.{key}": value for key, value in synthetic.items()}
     )
-    d["train"]["synthetic"].update(synthetic)
-    d["infer"].update(overlap=0.0)
-    return config_from_dict(d, "tiny")
 
 
 def fake_phantom(seed: int, cfg) -> dict:
@@ -39,6 +44,7 @@ def fake_phantom(seed: int, cfg) -> dict:
     return {"image": ct, "label": label, "affine": affine}
 
 
+@pytest.mark.slow  # worker processes synthesize full phantoms: ~35 s on 2 shared cores
 def test_pool_workers_give_the_same_phantoms_as_in_process():
     local, parallel = D.PhantomPool(tiny_config()), D.PhantomPool(tiny_config(workers=2))
     local.generate = parallel.generate = fake_phantom

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import oblique_affine
+from conftest import oblique_affine, tiny_config
 from monai.data import MetaTensor
 from monai.transforms import RandFlipd
 
@@ -19,11 +19,15 @@ RIGHT, LEFT = 2, 3  # kidney_right, kidney_left in the default label map
 
 
 def small_config(**preprocess):
-    d = config_to_dict(load_config("demo"))
-    d["preprocess"].update(spacing_mm=[3.0, 3.0, 3.0], margin_mm=3.0, **preprocess)
-    d["train"].update(patch_size=[16, 16, 16], samples_per_volume=3, pos_neg_ratio=1.0)
-    d["train"]["augment"]["flip_prob"] = 0.5  # mirrors on (the demo config has none)
-    return config_from_dict(d, "small")
+    settings = {
+        "preprocess.spacing_mm": [3.0, 3.0, 3.0],
+        "preprocess.margin_mm": 3.0,
+        "train.patch_size": [16, 16, 16],
+        "train.samples_per_volume": 3,
+        "train.pos_neg_ratio": 1.0,
+        "train.augment.flip_prob": 0.5,  # mirrors on (the demo config has none)
+    }
+    return tiny_config(settings | {f"preprocess.{key}": value for key, value in preprocess.items()})
 
 
 def lps_oblique_affine() -> np.ndarray:

@@ -33,7 +33,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import tiny_phantom  # tests/conftest.py, re-exported for the corpus
+from conftest import affine_4mm, save_nifti, tiny_phantom  # tests/conftest.py, re-exported for the corpus
+from conftest import tiny_config_dict as shared_tiny_config_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -172,18 +173,6 @@ def temp_files(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------- tiny valid inputs
 
 
-def affine_4mm(origin=(-70.0, -60.0, -50.0)) -> np.ndarray:
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    affine[:3, 3] = origin
-    return affine
-
-
-def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, affine_4mm() if affine is None else affine), str(path))
-    return path
-
-
 def write_msd(root: Path, n: int, seed: int = 0, label_value_7_in: int | None = None) -> Path:
     """A tiny Medical Segmentation Decathlon dataset (``dataset.json``, ``imagesTr``, ``labelsTr``)."""
     training = []
@@ -200,28 +189,27 @@ def write_msd(root: Path, n: int, seed: int = 0, label_value_7_in: int | None = 
     return root
 
 
-def tiny_config_dict(**train: object) -> dict:
-    """The demo config shrunk to seconds on a CPU: 2-level VNet (4/8 filters), 16^3 patches at 4 mm."""
-    from organseg.config import config_to_dict, load_config
+#: This corpus's tiny config: 16^3 patches at 4 mm, one short epoch (on top of the shared tiny network).
+CORPUS_SETTINGS: dict[str, object] = {
+    "task": "tiny",
+    "preprocess.spacing_mm": [4.0, 4.0, 4.0],
+    "preprocess.margin_mm": 4.0,
+    "train.patch_size": [16, 16, 16],
+    "train.batch_size": 2,
+    "train.samples_per_volume": 2,
+    "train.epochs": 1,
+    "train.steps_per_epoch": 2,
+    "train.val_every": 1,
+    "train.folds": 2,
+    "train.warmup_epochs": 0,
+    "train.lr": 0.003,
+    "infer.overlap": 0.0,
+}
 
-    d = config_to_dict(load_config("demo"))
-    d["task"] = "tiny"
-    d["preprocess"].update(spacing_mm=[4.0, 4.0, 4.0], margin_mm=4.0)
-    d["model"].update(filters=[4, 8], bottleneck=8)
-    d["train"].update(
-        patch_size=[16, 16, 16],
-        batch_size=2,
-        samples_per_volume=2,
-        epochs=1,
-        steps_per_epoch=2,
-        val_every=1,
-        folds=2,
-        warmup_epochs=0,
-        lr=0.003,
-    )
-    d["train"].update(train)
-    d["infer"].update(overlap=0.0)
-    return d
+
+def tiny_config_dict(**train: object) -> dict:
+    """The demo config shrunk to seconds on a CPU (``tests/conftest.py``'s builder), ``train`` fields overridden."""
+    return shared_tiny_config_dict({**CORPUS_SETTINGS, **{f"train.{k}": v for k, v in train.items()}})
 
 
 def write_tiny_config(path: Path, **train: object) -> Path:
