@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from organseg.ink.baseline import fixed_slice_scores
 from organseg.ink.config import load_ink_config
@@ -44,6 +45,24 @@ def test_no_test_labels_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert not (p / "inklabels.png").exists()
     with pytest.raises(Exception, match="already exists"):
         synth_fragment(tmp_path / "t", seed=1, height=64, width=64, progress=False)
+
+
+def test_ink_follows_the_warped_surface(tmp_path: Path) -> None:
+    """With and without the ink signal (same seed): the ink sits 0-4 slices under the surface, at depths that vary."""
+    kw = {"seed": 2, "height": 96, "width": 96, "difficulty": "realistic", "progress": False}
+    with_ink, _, labels, _ = _read(synth_fragment(tmp_path / "ink", **kw))
+    without, mask, _, _ = _read(synth_fragment(tmp_path / "none", ink_signal=False, **kw))
+    diff = with_ink.astype(np.float32) - without.astype(np.float32)
+    near_ink = ndimage.binary_dilation(labels, np.ones((3, 3), bool), iterations=7)  # blur reach
+    assert not diff[:, ~near_ink].any()  # nothing but the ink changed
+    air, papyrus = np.median(without[:, ~mask]), np.percentile(without[:, mask], 90)
+    smooth = ndimage.gaussian_filter(without.astype(np.float32), (0, 2, 2))
+    surface = np.argmax(smooth > (air + papyrus) / 2, axis=0)
+    sel = labels & mask & (diff.max(axis=0) > 0.05 * papyrus)
+    ink_slice = np.argmax(diff, axis=0)[sel]
+    below = ink_slice - surface[sel]
+    assert np.mean((below >= 0) & (below <= 4)) > 0.9, np.bincount(below - below.min())
+    assert ink_slice.std() > 2.0  # the surface is warped, so the ink is not in one slice
 
 
 def test_ink_lies_under_the_warped_surface_so_a_fixed_slice_is_near_chance_only_when_realistic(

@@ -152,6 +152,7 @@ def synth_fragment(
     compress: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    ink_signal: bool = True,
 ) -> Path:
     """Write one synthetic fragment folder (``surface_volume/``, ``mask.png``, ``inklabels.png``, ``ir.png``).
 
@@ -162,6 +163,8 @@ def synth_fragment(
         difficulty: ``easy`` or ``realistic`` (``LEVELS``).
         labels: write ``inklabels.png`` (False makes a test fragment).
         compress: write zlib-compressed TIFF strips (smaller, slower) instead of raw ones.
+        ink_signal: False leaves the ink out of the volume (labels and everything else unchanged):
+            a null control, and a way to see exactly where the ink signal sits.
     Memory is a few float32 (rows, columns) fields plus one slice at a time, never the volume.
     """
     import tifffile
@@ -196,6 +199,7 @@ def synth_fragment(
         strength = 1 - level.ink_fade * (0.5 + 0.5 * np.clip(smooth_field(rng, shape, 20), -1, 1))
         ink_amp = (level.ink * ink * strength).astype(np.float32)
         ink_amp = ndimage.gaussian_filter(ink_amp, 0.7)
+        ink_amp *= float(ink_signal)
         ink_depth = 1.5 + 0.5 * smooth_field(rng, shape, 64)
         solid_f = ndimage.gaussian_filter(solid.astype(np.float32), 0.7)
         noise_rng = np.random.default_rng([int(seed), 7919])
