@@ -55,6 +55,14 @@ def dicom_seg() -> Path:
 
 #: What every tiny test config shares: the demo config's network shrunk to two levels (4/8 filters).
 TINY_NETWORK: dict[str, object] = {"model.filters": [4, 8], "model.bottleneck": 8}
+#: Training in seconds: 16^3 patches at 4 mm, batches of two, windows without overlap at inference.
+TINY_TRAINING: dict[str, object] = {
+    "preprocess.spacing_mm": [4.0, 4.0, 4.0],
+    "preprocess.margin_mm": 4.0,
+    "train.patch_size": [16, 16, 16],
+    "train.batch_size": 2,
+    "infer.overlap": 0.0,
+}
 
 
 def tiny_config_dict(settings: Mapping[str, object] | None = None, base: str = "demo") -> dict:

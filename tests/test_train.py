@@ -69,11 +69,8 @@ def dataset(tmp_path_factory) -> Path:
 def tiny_config(**train):
     return conftest.tiny_config(
         {
-            "preprocess.spacing_mm": [4.0, 4.0, 4.0],
-            "preprocess.margin_mm": 4.0,
+            **conftest.TINY_TRAINING,
             "model.dropout": 0.1,  # resume must replay its RNG too
-            "train.patch_size": [16, 16, 16],
-            "train.batch_size": 2,
             "train.samples_per_volume": 2,
             "train.epochs": 2,
             "train.steps_per_epoch": 3,
@@ -81,7 +78,6 @@ def tiny_config(**train):
             "train.folds": 2,
             "train.warmup_epochs": 1,
             "train.lr": 0.003,
-            "infer.overlap": 0.0,
             **{f"train.{key}": value for key, value in train.items()},
         }
     )

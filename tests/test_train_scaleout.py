@@ -19,14 +19,10 @@ from organseg.training.loop import init_weights
 
 def tiny_config(**synthetic):
     settings = {
-        "preprocess.spacing_mm": [4.0, 4.0, 4.0],
-        "preprocess.margin_mm": 4.0,
-        "train.patch_size": [16, 16, 16],
-        "train.batch_size": 2,
+        **conftest.TINY_TRAINING,
         "train.samples_per_volume": 1,
         "train.epochs": 1,
         "train.steps_per_epoch": 2,
-        "infer.overlap": 0.0,
     }
     synthetic = (
         dict(enabled=True, pool_size=3, refresh_per_epoch=2, cases_per_epoch=2, val_cases=1, seed=40)

@@ -33,7 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import affine_4mm, save_nifti, tiny_phantom  # tests/conftest.py, re-exported for the corpus
+from conftest import TINY_TRAINING, affine_4mm, save_nifti, tiny_phantom  # tests/conftest.py, re-exported
 from conftest import tiny_config_dict as shared_tiny_config_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,11 +191,8 @@ def write_msd(root: Path, n: int, seed: int = 0, label_value_7_in: int | None = 
 
 #: This corpus's tiny config: 16^3 patches at 4 mm, one short epoch (on top of the shared tiny network).
 CORPUS_SETTINGS: dict[str, object] = {
+    **TINY_TRAINING,
     "task": "tiny",
-    "preprocess.spacing_mm": [4.0, 4.0, 4.0],
-    "preprocess.margin_mm": 4.0,
-    "train.patch_size": [16, 16, 16],
-    "train.batch_size": 2,
     "train.samples_per_volume": 2,
     "train.epochs": 1,
     "train.steps_per_epoch": 2,
@@ -203,7 +200,6 @@ CORPUS_SETTINGS: dict[str, object] = {
     "train.folds": 2,
     "train.warmup_epochs": 0,
     "train.lr": 0.003,
-    "infer.overlap": 0.0,
 }
 
 
