@@ -82,6 +82,34 @@ def _clamped(c: np.ndarray, axis: int, n: int, padding: str, clamp) -> np.ndarra
     return c
 
 
+def linear_taps(
+    matrix: np.ndarray,
+    dst_lo: np.ndarray,
+    dst_hi: np.ndarray,
+    n_src: tuple[int, ...],
+    src_axis_of: list[int],
+    padding: str = "border",
+    clamp: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per destination axis ``d``: the two source indices and weights ``(i0, i1, w0, w1)`` of linear
+    interpolation along source axis ``src_axis_of[d]`` (an axis-aligned ``matrix``, see ``axis_aligned``).
+
+    Weights are 0 for an index outside a zero-padded source; indices are clipped into the source.
+    """
+    taps = []
+    for d, r in enumerate(src_axis_of):
+        idx = np.arange(dst_lo[d], dst_hi[d], dtype=np.float64)
+        c = _clamped(matrix[r, d] * idx + matrix[r, 3], r, n_src[r], padding, clamp)
+        i0 = np.floor(c)
+        w = c - i0
+        i0 = i0.astype(np.int64)
+        i1 = i0 + 1
+        w0 = np.where((i0 >= 0) & (i0 < n_src[r]), 1.0 - w, 0.0).astype(np.float32)
+        w1 = np.where((i1 >= 0) & (i1 < n_src[r]), w, 0.0).astype(np.float32)
+        taps.append((np.clip(i0, 0, n_src[r] - 1), np.clip(i1, 0, n_src[r] - 1), w0, w1))
+    return taps
+
+
 def _separable_slabs(source, matrix, dst_lo, dst_hi, consume, padding, clamp, slab_voxels) -> None:
     """Trilinear interpolation as three 1D linear interpolations (exact for axis-aligned maps).
 
@@ -94,17 +122,7 @@ def _separable_slabs(source, matrix, dst_lo, dst_hi, consume, padding, clamp, sl
     lead = 1 if source.ndim == 4 else 0
     strides = source.strides if isinstance(source, np.ndarray) else source.stride()
     n_src = source.shape[lead:]
-    taps = []
-    for d, r in enumerate(src_axis_of):
-        idx = np.arange(dst_lo[d], dst_hi[d], dtype=np.float64)
-        c = _clamped(matrix[r, d] * idx + matrix[r, 3], r, n_src[r], padding, clamp)
-        i0 = np.floor(c)
-        w = c - i0
-        i0 = i0.astype(np.int64)
-        i1 = i0 + 1
-        w0 = np.where((i0 >= 0) & (i0 < n_src[r]), 1.0 - w, 0.0).astype(np.float32)
-        w1 = np.where((i1 >= 0) & (i1 < n_src[r]), w, 0.0).astype(np.float32)
-        taps.append((np.clip(i0, 0, n_src[r] - 1), np.clip(i1, 0, n_src[r] - 1), w0, w1))
+    taps = linear_taps(matrix, dst_lo, dst_hi, n_src, src_axis_of, padding, clamp)
     slab_axis = max(range(3), key=lambda d: abs(strides[lead + src_axis_of[d]]))
     rest = [d for d in range(3) if d != slab_axis]
     size = dst_hi - dst_lo
