@@ -330,6 +330,13 @@ def train(
     "--shard", default=None, metavar="K/N", help="Segment share K (0..N-1) of N of a folder (SLURM arrays)."
 )
 @click.option("--skip-existing", is_flag=True, help="Skip cases already done (their .run.json exists).")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "openvino", "onnx"]),
+    default="auto",
+    show_default=True,
+    help="Where the network runs on a CPU (openvino: pip install organseg[fast]).",
+)
 def infer(
     input_path: Path,
     output_path: Path,
@@ -351,6 +358,7 @@ def infer(
     overwrite: bool,
     shard: str | None,
     skip_existing: bool,
+    backend: str,
 ) -> None:
     """Segment a CT: sliding-window inference, mask written on the input's exact grid."""
     from organseg.infer import segment
@@ -381,6 +389,7 @@ def infer(
         series_uid=series_uid,
         overwrite=overwrite,
         output_type=list(output_types) or "nifti",
+        backend=backend,
     )
     if shard is not None or _torchrun():  # one share of a folder per process, then one manifest
         from organseg.infer.shard import parse_shard, segment_share

@@ -6,6 +6,8 @@
 - ``postprocess.postprocess_mask(method="fast")`` fills holes by labelling the background; checked on a
   synthetic mask with cavities, face-touching pockets and stray components, and on the real CT's
   TotalSegmentator labels.
+- ``backends.wrap_networks``: names checked, eager as the fallback, ``auto`` never converts unasked, and
+  the OpenVINO conversion (when installed) gives eager's logits and is cached.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from scipy import ndimage
 
 from organseg import io
 from organseg.config import LabelMap, PostprocessConfig, replace_path
+from organseg.errors import ConfigError
+from organseg.infer import backends
+from organseg.infer.backends import resolve_backend, wrap_networks
 from organseg.infer.invert import probabilities_to_input
 from organseg.infer.postprocess import fill_holes, postprocess_mask
 from organseg.infer.preprocess import Grid, prepare
 from organseg.modelstore import default_model, load_model_file
+from organseg.vnet import VNet
 
 LABELS = LabelMap()
 BOTH = PostprocessConfig(largest_component=True, fill_holes=True)
@@ -144,3 +150,49 @@ def test_postprocess_fast_equals_reference_real_labels(real_seg):
     reference = postprocess_mask(mask.copy(), LABELS, BOTH, method="reference")
     assert (fast != mask).sum() > 100
     assert np.array_equal(fast, reference)
+
+
+# --------------------------------------------------------------------------------------- backends
+
+
+def _tiny_vnet() -> VNet:
+    torch.manual_seed(0)
+    return VNet(filters=(4, 8, 8, 16), bottleneck=16, dropout=0.0).eval()
+
+
+def test_backend_names_are_checked(monkeypatch):
+    with pytest.raises(ConfigError, match="backend: must be one of"):
+        resolve_backend("tensorrt")
+    monkeypatch.setattr(backends, "installed", lambda name: name == "torch")
+    assert resolve_backend("auto") == "torch"  # the fallback when no fast runtime is installed
+    with pytest.raises(ConfigError, match=r"openvino is not installed \(pip install organseg\[fast\]\)"):
+        resolve_backend("openvino")
+    assert resolve_backend("auto", device="cuda") == "torch"
+
+
+def test_auto_does_not_convert_unasked(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    net = _tiny_vnet()
+    wrapped, used = wrap_networks([net], "auto", (32, 32, 32), threads=1, convert=False)
+    assert used == "torch" and wrapped[0] is net
+    assert not (tmp_path / "organseg").exists()
+
+
+def test_openvino_matches_eager(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    net = _tiny_vnet()
+    x = torch.rand(2, 1, 32, 32, 32)
+    (forward,), used = wrap_networks([net], "openvino", (32, 32, 32), threads=1)
+    assert used == "openvino"
+    assert len(list((tmp_path / "organseg" / "openvino").glob("*.xml"))) == 1  # cached for the next run
+    with torch.inference_mode():
+        eager = net(x)
+    converted = forward(x)
+    assert converted.shape == eager.shape
+    assert float((converted - eager).abs().max()) < 1e-3 * max(1.0, float(eager.abs().max()))
+    assert (converted.argmax(1) != eager.argmax(1)).float().mean() < 1e-3
+    # a later auto run finds the cached conversion and uses it without converting again
+    _, used = wrap_networks([net], "auto", (32, 32, 32), threads=1, convert=False)
+    assert used == "openvino"

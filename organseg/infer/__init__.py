@@ -38,7 +38,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -53,6 +56,7 @@ from organseg.config import Config, LabelMap, config_to_dict
 from organseg.errors import ConfigError, InputError, OutputError
 from organseg.geometry import Grid
 from organseg.infer import outputs
+from organseg.infer.backends import wrap_networks
 from organseg.infer.confidence import organ_confidence, summarize_probabilities, summary_line
 from organseg.infer.invert import probabilities_to_input
 from organseg.infer.models import check_ensemble
@@ -258,6 +262,30 @@ def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) 
 # --------------------------------------------------------------------------------------- segment
 
 
+#: Modules the first case needs after reading its CT, imported in a background thread meanwhile.
+PREFETCH_MODULES = ("monai.inferers", "organseg.transforms")
+
+
+def _prefetch_imports() -> threading.Thread | None:
+    """Start importing ``PREFETCH_MODULES`` in a daemon thread; the thread (``None``: nothing to do).
+
+    MONAI takes about 2 s to import; meanwhile the main thread loads the models (safetensors, and
+    OpenVINO's compile, which runs in native threads). The caller joins the thread before anything that
+    imports MONAI itself: a package imported from two threads at once can see its circular imports
+    half-done."""
+
+    def run() -> None:
+        for name in PREFETCH_MODULES:
+            with contextlib.suppress(Exception):  # the main thread's own import reports any error
+                importlib.import_module(name)
+
+    if all(name in sys.modules for name in PREFETCH_MODULES):
+        return None
+    thread = threading.Thread(target=run, name="organseg-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
     """Use ``n`` intra-op threads inside the block, restoring the caller's setting afterwards."""
@@ -293,6 +321,7 @@ def segment(
     output_type: str | Sequence[str] = "nifti",
     shard: tuple[int, int] | None = None,
     skip_existing: bool = False,
+    backend: str = "auto",
 ) -> SegmentResult:
     """Segment one CT (file, DICOM folder or zip) or a folder of CT files; masks land on the input grids.
 
@@ -326,6 +355,8 @@ def segment(
         output_type: ``"nifti"`` (default), ``"dicom-seg"`` or both (a list): ``dicom-seg`` needs a DICOM
             folder or zip as input and ``output`` ending in ``.dcm``; the NIfTI mask and the sidecars then
             go beside it (``seg.dcm`` -> ``seg.nii.gz``, ``seg.run.json``). See ``io.dicomseg``.
+        backend: where the network runs on a CPU: ``auto`` (OpenVINO when ``organseg[fast]`` is
+            installed, else eager PyTorch), ``torch``, ``openvino``, ``onnx`` (``infer.backends``).
         shard: ``(K, N)``: segment only share K of N of a folder of CTs (``infer.shard``: disjoint,
             size-balanced); ``ConfigError`` for a single case.
         skip_existing: skip cases whose run manifest (written last) exists; redo the others, replacing
@@ -360,13 +391,26 @@ def segment(
     plans = [p for p in plans if p.case not in skipped]
     overwrite = overwrite or skip_existing  # what is left to do is missing or was cut off
     device = str(resolve_device(device))
-    model_path = default_model() if model is None else Path(model)
-    files = resolve_model_files(model_path, folds)
-    nets_cfgs = check_ensemble([load_model_file(f, device) for f in files], files, expected_labels)
+    prefetch = _prefetch_imports()
+    try:
+        model_path = default_model() if model is None else Path(model)
+        files = resolve_model_files(model_path, folds)
+        nets_cfgs = check_ensemble([load_model_file(f, device) for f in files], files, expected_labels)
+        cfg = nets_cfgs[0][1]
+        n_threads = threads or cpu_threads()
+        nets, backend_used = wrap_networks(
+            [n for n, _ in nets_cfgs],
+            backend,
+            cfg.infer_patch_size,
+            n_threads,
+            device,
+            convert=files == [default_model()],
+        )
+    finally:
+        if prefetch is not None:  # the cases import MONAI: never while the thread is importing it
+            prefetch.join()
     for plan in plans:
         plan.mask.parent.mkdir(parents=True, exist_ok=True)
-    nets = [n for n, _ in nets_cfgs]
-    cfg = nets_cfgs[0][1]
     logger.info("segmenting %d case(s) with %s on %s", len(plans), ", ".join(map(str, files)), device)
     mirror, rot90 = parse_tta(cfg.infer.tta if tta is None else tta)
     settings = {
@@ -377,9 +421,10 @@ def segment(
         "patch_size": list(cfg.infer_patch_size),
         "blend": cfg.infer.blend,
         "channels_last": CHANNELS_LAST,
+        "backend": backend_used,
     }
     results = []
-    with _threads(threads or cpu_threads()), torch.inference_mode():
+    with _threads(n_threads), torch.inference_mode():
         iterator = plans
         if batch and progress:
             from tqdm import tqdm

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.inferers import sliding_window_inference
 
 from organseg.config import Config
 from organseg.geometry import lr_axis
@@ -79,6 +78,10 @@ def predict_probabilities(
             mirror_axes=(0, 1, 2) if mirror else (),
             rot90=rot90,
         )
+    # MONAI is imported here, not at module level: importing it takes about 2 s, which ``segment``
+    # overlaps with reading the CT (``infer._prefetch_imports``).
+    from monai.inferers import sliding_window_inference
+
     with torch.inference_mode():
         out = sliding_window_inference(
             image,
