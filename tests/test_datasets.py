@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, oblique_affine
+from conftest import SHARED_DATA, oblique_affine, require_shared_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
