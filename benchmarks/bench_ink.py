@@ -1,7 +1,8 @@
 """Ink benchmarks: (1) inference on a large synthetic fragment, time and peak RSS; (2) the demo's F0.5.
 
 (1) ``infer``: synthesizes one ``ROWSxCOLUMNS x 65`` fragment (default 8192 x 6144, raw 16-bit
-TIFFs, about 6.5 GB on disk; reused if already there), saves a randomly initialised model with the
+TIFFs, about 6.5 GB on disk; reused if already there; by default a 4 x 4 mosaic of one 2048 x 1536
+synthetic fragment, see ``mosaic_fragment``), saves a randomly initialised model with the
 ``ink`` config (speed and memory do not depend on the weights), then runs ``organseg ink infer`` in
 a child process and reports its wall time and peak RSS (``ru_maxrss`` of the child). The point is
 the memory bound: the volume window alone would be 3.2 GB as uint16 and 6.4 GB as float32.
@@ -53,6 +54,32 @@ def run_child(args: list[str]) -> tuple[float, float, str]:
     return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, done.stdout
 
 
+def mosaic_fragment(base_dir: Path, out: Path, h: int, w: int, n: int) -> None:
+    """A ``h x w`` fragment made of ``n x n`` copies of one synthetic ``h/n x w/n`` fragment.
+
+    The generator's full-size smooth fields take long on 2 shared cores; inference time and memory
+    depend on the size, the TIFF layout and the mask share, which a mosaic keeps.
+    """
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from organseg.ink.synth import synth_fragment
+
+    base = synth_fragment(
+        base_dir, seed=0, height=h // n, width=w // n, difficulty="realistic", overwrite=True
+    )
+    tmp = out.parent / f".{out.name}.tmp"
+    (tmp / "surface_volume").mkdir(parents=True, exist_ok=True)
+    for z in range(65):
+        sl = tifffile.imread(base / "surface_volume" / f"{z:02d}.tif")
+        tifffile.imwrite(tmp / "surface_volume" / f"{z:02d}.tif", np.tile(sl, (n, n))[:h, :w])
+    for name in ("mask.png", "ir.png"):
+        img = np.asarray(Image.open(base / name))
+        Image.fromarray(np.tile(img, (n, n))[:h, :w]).save(tmp / name)
+    tmp.rename(out)
+
+
 def bench_infer(args: argparse.Namespace) -> None:
     import torch
 
@@ -68,7 +95,12 @@ def bench_infer(args: argparse.Namespace) -> None:
     t_synth = None
     if not (frag / "mask.png").is_file():
         t0 = time.time()
-        synth_fragment(frag, seed=0, height=h, width=w, difficulty="realistic", labels=False, overwrite=True)
+        if args.mosaic > 1:
+            mosaic_fragment(work / "base", frag, h, w, args.mosaic)
+        else:
+            synth_fragment(
+                frag, seed=0, height=h, width=w, difficulty="realistic", labels=False, overwrite=True
+            )
         t_synth = time.time() - t0
     cfg = load_ink_config(args.config)
     torch.manual_seed(0)
@@ -109,12 +141,12 @@ def bench_infer(args: argparse.Namespace) -> None:
     print("\n| fragment | slices read | tile / stride | TTA | infer time | peak RSS | synth time |")
     print("|---|---|---|---|---|---|---|")
     print(
-        f"| {h} x {w} x 65 (raw TIFF) | {cfg.data.z_start}-{cfg.data.z_stop - 1} | {cfg.train.tile} / {args.stride} | {args.tta} | "
+        f"| {h} x {w} x 65 (raw TIFF{f', {args.mosaic}x{args.mosaic} mosaic' if args.mosaic > 1 else ''}) | {cfg.data.z_start}-{cfg.data.z_stop - 1} | {cfg.train.tile} / {args.stride} | {args.tta} | "
         f"{seconds:.0f} s ({px / seconds / 1e6:.2f} Mpx/s) | {rss_mb / 1024:.2f} GB | "
         f"{f'{t_synth:.0f} s' if t_synth else 'reused'} |"
     )
     print(
-        f"\ncommand: python benchmarks/bench_ink.py infer --work {args.work} --size {args.size} --tta {args.tta} --stride {args.stride} --config {args.config}"
+        f"\ncommand: python benchmarks/bench_ink.py infer --work {args.work} --size {args.size} --tta {args.tta} --stride {args.stride} --mosaic {args.mosaic} --config {args.config}"
     )
     print(f"date: {datetime.date.today()}; machine: {machine()}")
 
@@ -153,6 +185,9 @@ def main() -> None:
     p.add_argument("--size", default="8192x6144", help="ROWSxCOLUMNS")
     p.add_argument("--tta", default="none", choices=["none", "flip", "rot90"])
     p.add_argument("--config", default="ink")
+    p.add_argument(
+        "--mosaic", type=int, default=4, help="tile N x N copies of a smaller fragment (1: full size)"
+    )
     p.add_argument("--stride", type=int, default=96, help="tile stride, pixels (tile 128: 25 %% overlap)")
     d = sub.add_parser("demo", help="held-out F0.5 of the demo, easy and realistic")
     d.add_argument("--work", default="/tmp/ink-demo-bench")

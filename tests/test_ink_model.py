@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from organseg.ink.config import ink_config_from_dict
+from organseg.ink.data import intensity_scale, scale_tile
+from organseg.ink.infer import postprocess
 from organseg.ink.model import InkNet
-from organseg.ink.predict import predict_tiles, tile_starts
+from organseg.ink.predict import predict_fragment, predict_tiles, tile_starts
+from organseg.ink.reader import open_fragment
+from organseg.ink.synth import synth_fragment
 
 
 @pytest.mark.parametrize("encoder", ["3d", "channels"])
@@ -45,3 +52,39 @@ def test_tiles_cover_every_pixel(size: int, tile: int, stride: int) -> None:
     assert (
         covered[:size].all() and starts[0] == 0 and all(b - a <= stride for a, b in zip(starts, starts[1:]))
     )
+
+
+class SliceAsLogit(torch.nn.Module):
+    """A stand-in network whose logit is one slice of its input: stitching must give that slice back."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, self.k]
+
+
+def test_streamed_tiles_stitch_back_exactly_and_stay_inside_the_mask(tmp_path: Path) -> None:
+    cfg = ink_config_from_dict(
+        {
+            "data": {"z_start": 24, "z_stop": 40},
+            "train": {"tile": 32, "stride": 16},
+            "infer": {"band_rows": 1, "batch_size": 3},
+        }
+    )
+    path = synth_fragment(tmp_path / "f", seed=4, height=70, width=90, difficulty="easy", progress=False)
+    with open_fragment(path) as frag:
+        mask = frag.read_mask()
+        prob = predict_fragment(frag, [SliceAsLogit(5)], cfg, mask, tta="rot90", progress=False)
+        scale = intensity_scale(frag, cfg, mask)
+        expected = torch.sigmoid(
+            torch.from_numpy(scale_tile(frag.read_rows(29, 30, 0, 70)[0], scale))
+        ).numpy()
+    assert prob.shape == (70, 90) and not prob[~mask].any()
+    np.testing.assert_allclose(prob[mask], expected[mask], atol=1e-5)
+    ink = postprocess(np.where(mask, 0.9, 0.0).astype(np.float32), mask, 0.5, min_component_px=4)
+    np.testing.assert_array_equal(ink, mask)
+    speck = np.zeros_like(mask)
+    speck[mask.nonzero()[0][0], mask.nonzero()[1][0]] = True
+    assert not postprocess(speck.astype(np.float32), np.ones_like(mask), 0.5, min_component_px=4).any()

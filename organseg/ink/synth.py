@@ -121,10 +121,17 @@ def jagged_mask(
     rough = 0.12 * smooth_field(rng, shape, max(h, w) / 6) + 0.04 * smooth_field(rng, shape, 12)
     mask = ell + rough < 1.0
     mp = h * w / 1e6
+    del yy, xx
     for _ in range(rng.poisson(level.holes * mp)):
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, 14)
-        mask &= (yy - cy) ** 2 + (xx - cx) ** 2 * rng.uniform(0.5, 2) > r * r
-    del yy, xx
+        aspect = rng.uniform(0.5, 2)
+        r0, r1 = (
+            max(0, int(cy - r) - 1),
+            min(h, int(cy + r) + 2),
+        )  # only the hole's box: fast on big fragments
+        c0, c1 = max(0, int(cx - r / np.sqrt(aspect)) - 1), min(w, int(cx + r / np.sqrt(aspect)) + 2)
+        by, bx = np.mgrid[r0:r1, c0:c1].astype(np.float32)
+        mask[r0:r1, c0:c1] &= (by - cy) ** 2 + (bx - cx) ** 2 * aspect > r * r
     cracks = np.zeros(shape, dtype=bool)
     for _ in range(rng.poisson(level.cracks * mp)):
         y, x = rng.uniform(0, h), rng.uniform(0, w)
