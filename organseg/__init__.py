@@ -3,6 +3,7 @@
 Everything the command line does is one function call here:
 
     >>> import organseg
+    >>> from organseg.config import load_config
     >>> organseg.synthesize("data/phantoms", n=8, seed=0)
     >>> run = organseg.train(load_config("demo"), data_dir="data/phantoms", run_dir="runs/demo")
     >>> organseg.segment("ct.nii.gz", "mask.nii.gz")            # built-in model, or model=run

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+import organseg
 from organseg.errors import ConfigError, OrgansegError
 from organseg.version import __version__
 
@@ -76,7 +77,6 @@ def train_command(
     dry_run: bool = False,
 ) -> Path | None:
     """What ``organseg train`` does; a resumed run uses the config saved in its folder."""
-    import organseg
     from organseg.config import load_config, replace_path
     from organseg.modelstore import RUN_MARKER
     from organseg.training import TrainingInterrupted, check_run_dir
@@ -132,7 +132,6 @@ def evaluate_command(
     echo: Callable[[str], object] = print,
 ) -> dict:
     """What ``organseg evaluate`` does: evaluate a file pair or two folders, print the table, write ``out``."""
-    import organseg
     from organseg import metrics
     from organseg.io import check_writable
     from organseg.labels import LabelMap
@@ -231,9 +230,7 @@ def synth(
         )
         click.echo(f"wrote {len(paths)} cases to {out_dir}")
         return
-    from organseg.phantom import synthesize
-
-    paths = synthesize(out_dir, n=n, seed=seed, overwrite=overwrite)
+    paths = organseg.synthesize(out_dir, n=n, seed=seed, overwrite=overwrite)
     click.echo(f"wrote {len(paths)} cases to {out_dir}")
 
 
@@ -361,8 +358,6 @@ def infer(
     backend: str,
 ) -> None:
     """Segment a CT: sliding-window inference, mask written on the input's exact grid."""
-    from organseg.infer import segment
-
     if report_path is not None:
         from organseg.report import check_report_path
 
@@ -401,7 +396,7 @@ def infer(
                 input_path, output_path, shard=parts, ctx=dist_ctx, device=str(dist_ctx.device), **common
             )
     else:
-        result = segment(input_path, output_path, device=device, skip_existing=skip_existing, **common)
+        result = organseg.segment(input_path, output_path, device=device, skip_existing=skip_existing, **common)
     summary = getattr(result, "summary", None)
     click.echo(summary() if callable(summary) else f"wrote {output_path}")
     if report_path is not None:
@@ -476,9 +471,7 @@ def render(
     overwrite: bool,
 ) -> None:
     """Render the organs of a mask as smooth 3D meshes in a rotating MP4 (headless)."""
-    from organseg.rendering import render as render_fn
-
-    out = render_fn(
+    out = organseg.render(
         mask_path,
         output_path,
         frames=frames,
@@ -543,9 +536,7 @@ def report(
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty --out folder.")
 def demo(out_dir: Path, n_cases: int | None, epochs: int | None, device: str | None, overwrite: bool) -> None:
     """Synthesize phantoms, train, infer a held-out case, evaluate and render: the whole thing on a CPU."""
-    from organseg.pipeline import demo as demo_fn
-
-    report = demo_fn(out_dir, n_cases=n_cases, epochs=epochs, device=device, overwrite=overwrite)
+    report = organseg.demo(out_dir, n_cases=n_cases, epochs=epochs, device=device, overwrite=overwrite)
     dice = report.get("dice", {})
     click.echo("held-out Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
     click.echo(f"report: {Path(out_dir) / 'report.json'}")
