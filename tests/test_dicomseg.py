@@ -223,6 +223,9 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and err.count("\n") == 1
     assert err.startswith("organseg: error: ") and "DICOM-SEG needs a DICOM series" in err
+    with pytest.raises(SystemExit):  # a .dcm name without asking for DICOM-SEG: not a folder named seg.dcm
+        main(["infer", "--input", str(SERIES), "--output", str(tmp_path / "s.dcm")])
+    assert "add --output-type dicom-seg" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

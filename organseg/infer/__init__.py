@@ -381,6 +381,8 @@ def segment(
         check_dicom_seg_request(input_path, output_path)
         io.check_writable(output_path, overwrite=overwrite)
         dicom_seg, output_path = output_path, output_path.with_suffix(".nii.gz")
+    elif output_path.suffix.lower() == ".dcm":
+        raise OutputError(f"{output_path}: a .dcm output is a DICOM-SEG: add --output-type dicom-seg")
     plans, batch = _plan(input_path, output_path, stats, rle, preview, overwrite or skip_existing)
     if shard is not None:
         if not batch:
