@@ -79,7 +79,7 @@ def predict_probabilities(
             rot90=rot90,
         )
     # MONAI is imported here, not at module level: importing it takes about 2 s, which ``segment``
-    # overlaps with reading the CT (``infer._prefetch_imports``).
+    # overlaps with loading the models (``infer._prefetch_imports``).
     from monai.inferers import sliding_window_inference
 
     with torch.inference_mode():
