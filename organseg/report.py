@@ -71,7 +71,8 @@ def _ct_on_mask_grid(ct: io.Volume, mask: io.Volume, boxes: list, notes: list[st
     organs (trilinear; voxels far from every organ are air, -1024 HU)."""
     if io.same_grid(ct, mask):
         return ct
-    from organseg.infer.preprocess import Grid, map_box, resample_region, voxel_map
+    from organseg.geometry import Grid, map_box, voxel_map
+    from organseg.geometry.slabs import resample_region
 
     lo = np.min([[s.start for s in b] for b in boxes if b is not None], axis=0)
     hi = np.max([[s.stop for s in b] for b in boxes if b is not None], axis=0)

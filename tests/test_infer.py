@@ -185,7 +185,7 @@ def test_resampling_matches_scipy(oblique: bool, fortran: bool, padding: str) ->
     """Trilinear resampling (separable for axis-aligned maps, grid_sample for oblique) equals scipy's."""
     from scipy import ndimage
 
-    from organseg.infer.preprocess import sample_slabs
+    from organseg.geometry.slabs import sample_slabs
 
     rng = np.random.default_rng(0)
     src = rng.normal(size=(17, 13, 11)).astype(np.float32)
@@ -222,7 +222,7 @@ def test_upsampling_in_one_slab_matches_scipy(fortran: bool) -> None:
     """More destination rows than source rows along the slab axis (5 mm slices onto a 3 mm grid)."""
     from scipy import ndimage
 
-    from organseg.infer.preprocess import sample_slabs
+    from organseg.geometry.slabs import sample_slabs
 
     src = np.random.default_rng(1).normal(size=(9, 8, 6)).astype(np.float32)
     src = np.asfortranarray(src) if fortran else src

@@ -24,7 +24,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from organseg.infer.preprocess import Grid, Prepared, _axis_aligned, map_box, sample_slabs, voxel_map
+from organseg.geometry import Grid, map_box, voxel_map
+from organseg.geometry.slabs import axis_aligned, linear_taps, sample_slabs
+from organseg.infer.preprocess import Prepared
 
 #: Block edge of the fast path, in network voxels (coarse cells) along each axis.
 BLOCK_CELLS = 6
@@ -96,45 +98,26 @@ def probabilities_to_input(
             prob_map[region] = values.permute(1, 2, 3, 0).numpy()
 
     matrix = voxel_map(prep.crop, native)
-    if method == "fast" and prob_map is None and _axis_aligned(matrix) is not None:
+    if method == "fast" and prob_map is None and axis_aligned(matrix) is not None:
         _blockwise(probs, matrix, lo, hi, clamp, put, mask)
     else:
         sample_slabs(probs, matrix, lo, hi, put, padding="zeros", clamp=clamp)
     return mask, prob_map
 
 
-def _taps(matrix, lo, hi, clamp, n_src, src_axis_of):
-    """Per destination axis: source cells and weights ``(i0, i1, w0, w1)``, as ``sample_slabs`` makes them.
-
-    Weights are 0 for a cell outside the source (zero padding); indices are clipped into it.
-    """
-    taps = []
-    for d, r in enumerate(src_axis_of):
-        idx = np.arange(lo[d], hi[d], dtype=np.float64)
-        c = np.clip(matrix[r, d] * idx + matrix[r, 3], float(clamp[0][r]), float(clamp[1][r]))
-        i0 = np.floor(c)
-        w = c - i0
-        i0 = i0.astype(np.int64)
-        i1 = i0 + 1
-        w0 = np.where((i0 >= 0) & (i0 < n_src[r]), 1.0 - w, 0.0).astype(np.float32)
-        w1 = np.where((i1 >= 0) & (i1 < n_src[r]), w, 0.0).astype(np.float32)
-        taps.append((np.clip(i0, 0, n_src[r] - 1), np.clip(i1, 0, n_src[r] - 1), w0, w1))
-    return taps
-
-
 def _blockwise(probs, matrix, lo, hi, clamp, put, mask) -> None:
     """Fill ``mask[lo:hi]`` block by block: one-label blocks directly, the others through ``put``.
 
     A destination index along axis ``d`` mixes source cells ``i0`` and ``i1 = i0 + 1`` of its source axis
-    ``r`` (``_taps``). A block is "simple" when all its cells lie inside the crop (no zero padding mixed
+    ``r`` (``geometry.slabs.linear_taps``). A block is "simple" when all its cells lie inside the crop (no zero padding mixed
     in) and the coarse argmax over them holds one label. Other blocks are interpolated from the block of
     ``probs`` they need, with the operations of ``sample_slabs``' separable path in its order (the
     slowest-varying source axis first, then the innermost), so each voxel gets the same float32 values.
     """
     coarse = argmax_channels(probs).numpy()
     n_src = coarse.shape
-    src_axis_of = _axis_aligned(matrix)
-    taps = _taps(matrix, lo, hi, clamp, n_src, src_axis_of)
+    src_axis_of = axis_aligned(matrix)
+    taps = linear_taps(matrix, lo, hi, n_src, src_axis_of, "zeros", clamp)
     spans = []  # per destination axis: (a, b, first cell, last cell, every cell inside)
     for d, r in enumerate(src_axis_of):
         i0, i1 = taps[d][0], taps[d][1]

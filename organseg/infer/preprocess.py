@@ -33,8 +33,7 @@ import torch
 
 from organseg.config import Config, PreprocessConfig
 from organseg.geometry import Grid, map_box, voxel_map
-from organseg.geometry.slabs import axis_aligned as _axis_aligned  # noqa: F401  (infer/invert.py imports it here)
-from organseg.geometry.slabs import resample_region, sample_slabs  # noqa: F401  (sample_slabs: infer/invert.py)
+from organseg.geometry.slabs import resample_region
 
 #: Voxels in the strided view used to find the body.
 BODY_SAMPLES = 2_000_000
