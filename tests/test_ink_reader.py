@@ -49,7 +49,7 @@ def make_fragment(
 @pytest.mark.parametrize(
     "compression,tile",
     [(None, None), ("zlib", None), ("lzw", None), ("zlib", (16, 16))],
-    ids=["raw-memmap", "zlib-strips", "lzw-strips", "zlib-tiles"],
+    ids=["raw", "zlib-strips", "lzw-strips", "zlib-tiles"],
 )
 def test_windowed_reads_equal_the_volume(
     tmp_path: Path, compression: str | None, tile: tuple[int, int] | None

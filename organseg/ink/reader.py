@@ -9,8 +9,8 @@ A fragment is a folder::
 
 Arrays are in (slice, row, column) order: slice 00 is the first TIFF, rows run down the image and
 columns across it, exactly as the PNGs are stored. Nothing here reads a whole volume: ``read_rows``
-returns only the slices and rows asked for, through a memory map for uncompressed TIFFs and by
-decoding only the strips or tiles that cross the rows for compressed ones, so a 15000 x 9500
+returns only the slices and rows asked for, by reading their byte range from uncompressed TIFFs and
+by decoding only the strips or tiles that cross the rows for compressed ones, so a 15000 x 9500
 fragment is handled in bands of a few hundred MB. Every problem with the input becomes one
 ``InputError`` line that names the file.
 """
@@ -67,18 +67,24 @@ class SliceFile:
             raise InputError(f"{path}: TIFF is truncated (image data runs past the end of the file)")
         self.shape = shape
         self._page = page
-        self._memmap: np.ndarray | None = None
+        # Raw (uncompressed, contiguous) slices are read by byte ranges, not memory-mapped: mapped
+        # pages count in the resident set until unmapped, so a streamed pass over a big fragment
+        # would look (and, under pressure, behave) like holding the whole window.
+        self._raw_offset: int | None = None
         if page.compression == 1 and page.is_contiguous and not page.is_tiled:
-            bo = "<" if self._tif.byteorder == "<" else ">"
-            self._memmap = np.memmap(
-                path, dtype=np.dtype(bo + "u2"), mode="r", offset=int(page.dataoffsets[0]), shape=shape
-            )
+            self._raw_offset = int(page.dataoffsets[0])
+            self._raw_dtype = np.dtype(("<" if self._tif.byteorder == "<" else ">") + "u2")
 
     def read_rows(self, r0: int, r1: int) -> np.ndarray:
         """Rows ``r0:r1`` (all columns) as uint16, decoding only the strips/tiles that cross them."""
-        if self._memmap is not None:
-            return np.asarray(self._memmap[r0:r1], dtype=np.uint16)
         page, h, w = self._page, *self.shape
+        if self._raw_offset is not None:
+            fh = self._tif.filehandle
+            fh.seek(self._raw_offset + r0 * w * 2)
+            data = fh.read((r1 - r0) * w * 2)
+            if len(data) != (r1 - r0) * w * 2:
+                raise InputError(f"{self.path}: TIFF is truncated (rows {r0}-{r1} missing)")
+            return np.frombuffer(data, dtype=self._raw_dtype).reshape(r1 - r0, w).astype(np.uint16)
         out = np.zeros((r1 - r0, w), dtype=np.uint16)
         if page.is_tiled:
             th, tw = page.tilelength, page.tilewidth
@@ -108,7 +114,6 @@ class SliceFile:
         return out
 
     def close(self) -> None:
-        self._memmap = None
         self._tif.close()
 
 
