@@ -146,6 +146,7 @@ def build_meshes(
     labels: LabelMap = LabelMap(),
     smooth: bool = True,
     max_faces: int | None = 50_000,
+    field_voxels: int | None = None,
 ) -> dict[str, pv.PolyData]:
     """One closed surface per label present in the mask, in world RAS+ mm, in label order.
 
@@ -157,6 +158,8 @@ def build_meshes(
             volume (``surfaces.organ_surface``: no terraces on thick slices), then a light Taubin pass;
             ``False``: marching cubes on the raw mask (voxel staircase), as before.
         max_faces: decimate each surface to at most this many triangles (``None``: keep all).
+        field_voxels: cap on each organ's smoothed field (``surfaces.FIELD_MAX_VOXELS`` when ``None``); a
+            small cap meshes faster and coarser (the HTML report's small meshes).
 
     Each mesh carries ``field_data["rgb"]`` (0-255) and ``field_data["label_value"]``.
 
@@ -183,7 +186,7 @@ def build_meshes(
         box = boxes[value - 1]
         offset = np.array([s.start for s in box], dtype=np.float64)
         if smooth:
-            xyz, faces = organ_surface(arr[box] == value, offset, mask_volume.affine)
+            xyz, faces = organ_surface(arr[box] == value, offset, mask_volume.affine, field_voxels)
             mesh = pv.PolyData.from_regular_faces(xyz, faces)
             if mesh.n_cells > 8:
                 mesh = mesh.smooth_taubin(n_iter=10, pass_band=0.1, normalize_coordinates=True)

@@ -37,10 +37,12 @@ from organseg.config import DEFAULT_COLORS, UNKNOWN_COLOR, LabelMap
 from organseg.errors import InputError, OutputError
 from organseg.infer.confidence import REFERENCE_HU, REFERENCE_ML, rank_organs
 from organseg.infer.outputs import organ_stats, stem_of
-from organseg.report_figures import organ_figure, organ_slices, to_ras
+from organseg.report_figures import organ_figure, organ_slices, ras_box, to_ras
 
 #: Triangles per organ mesh in the report (keeps a 512x512x300 report well under 10 MB).
 REPORT_MAX_FACES = 12_000
+#: Smoothed-field voxels per organ for the report's meshes (decimated to REPORT_MAX_FACES anyway).
+REPORT_FIELD_VOXELS = 400_000
 #: Voxels resampled around the organs when the CT is on another grid (mm of margin).
 _RESAMPLE_MARGIN_MM = 30.0
 
@@ -238,15 +240,23 @@ def build_report(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unknown labels were reported above
-        meshes = build_meshes(mask_vol, labels, max_faces=max_faces)
+        meshes = build_meshes(mask_vol, labels, max_faces=max_faces, field_voxels=REPORT_FIELD_VOXELS)
     figure = organ_figure(meshes, {n: colors.get(n, UNKNOWN_COLOR) for n in meshes})
 
     mask_ras, spacing = to_ras(arr, mask_vol.affine)
     ct_ras, _ = to_ras(np.asarray(ct_vol.array), mask_vol.affine)
-    ras_boxes = ndimage.find_objects(np.ascontiguousarray(mask_ras), max_label=labels.num_classes - 1)
     id_colors = {i: colors.get(n, DEFAULT_COLORS.get(n, UNKNOWN_COLOR)) for i, n in enumerate(labels.names)}
-    slices = {r["organ"]: organ_slices(ct_ras, mask_ras, spacing, r["label"], ras_boxes[r["label"] - 1],
-                                       id_colors) for r in rows}  # fmt: skip
+    slices = {
+        r["organ"]: organ_slices(
+            ct_ras,
+            mask_ras,
+            spacing,
+            r["label"],
+            ras_box(boxes[r["label"] - 1], arr.shape, mask_vol.affine),
+            id_colors,
+        )
+        for r in rows
+    }
     for w in notes:
         warnings.warn(w, stacklevel=2)
 

@@ -138,6 +138,16 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return ras, out_spacing
 
 
+def ras_box(box: tuple[slice, ...], shape: tuple[int, ...], affine: np.ndarray) -> tuple[slice, ...]:
+    """A bounding box (``find_objects`` slices on the stored array) in the array ``to_ras`` returns."""
+    ornt = nib.orientations.io_orientation(affine)
+    out: list[slice] = [slice(0)] * 3
+    for axis, (new_axis, flip) in enumerate(ornt):
+        s, n = box[axis], shape[axis]
+        out[int(new_axis)] = slice(n - s.stop, n - s.start) if flip < 0 else s
+    return tuple(out)
+
+
 def _png_data_uri(rgb: np.ndarray) -> str:
     data = iio.imwrite("<bytes>", rgb, extension=".png")
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -32,18 +32,20 @@ MIN_SIGMA_MM = 1.5
 _PAD = 3
 
 
-def smooth_field(inside: np.ndarray, spacing_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def smooth_field(
+    inside: np.ndarray, spacing_mm: np.ndarray, max_voxels: int | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """``(field, index_scale, level)``: the smoothed isotropic field of a padded binary crop.
 
     ``index_scale`` maps field indices to indices of the padded crop (``crop_index = field_index *
-    index_scale``); ``level`` is the iso-value enclosing the organ's voxel volume.
+    index_scale``); ``level`` is the iso-value enclosing the organ's voxel volume. ``max_voxels`` caps
+    the field (default ``FIELD_MAX_VOXELS``; fewer is faster and gives a coarser mesh).
     """
+    budget = max_voxels or FIELD_MAX_VOXELS
     padded = np.pad(inside, _PAD).astype(np.float32)
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     extent_mm = (np.array(padded.shape) - 1) * spacing
-    iso_mm = max(
-        float(spacing.min()), float((np.prod(extent_mm + spacing.min()) / FIELD_MAX_VOXELS) ** (1 / 3))
-    )
+    iso_mm = max(float(spacing.min()), float((np.prod(extent_mm + spacing.min()) / budget) ** (1 / 3)))
     out_shape = np.maximum(np.round(extent_mm / iso_mm).astype(int) + 1, 2)
     field = ndimage.zoom(
         padded, (out_shape - 1) / (np.array(padded.shape) - 1) + 1e-9, order=1, grid_mode=False
@@ -63,7 +65,7 @@ def smooth_field(inside: np.ndarray, spacing_mm: np.ndarray) -> tuple[np.ndarray
 
 
 def organ_surface(
-    inside: np.ndarray, offset: np.ndarray, affine: np.ndarray
+    inside: np.ndarray, offset: np.ndarray, affine: np.ndarray, max_voxels: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(vertices in world RAS+ mm, triangles)`` of the smoothed surface of one organ's crop.
 
@@ -71,11 +73,12 @@ def organ_surface(
         inside: boolean crop of the organ, indexed (i, j, k) like the mask.
         offset: the crop's first voxel index in the mask (i, j, k).
         affine: the mask's voxel -> RAS+ mm affine.
+        max_voxels: cap on the smoothed field's voxels (``FIELD_MAX_VOXELS`` when ``None``).
 
     Triangles are wound so that right-handed normals point out of the organ in world space.
     """
     spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    field, index_scale, level = smooth_field(inside, spacing)
+    field, index_scale, level = smooth_field(inside, spacing, max_voxels)
     try:
         verts, faces, _, _ = marching_cubes(field, level=level, allow_degenerate=False)
     except (ValueError, RuntimeError):  # a tiny organ smoothed below the level: fall back to the mask

@@ -21,7 +21,7 @@ from organseg.errors import InputError, OutputError
 from organseg.infer.outputs import organ_stats
 from organseg.metrics import parse_label_map, remap_labels
 from organseg.report import build_report
-from organseg.report_figures import organ_slices, to_ras
+from organseg.report_figures import organ_slices, ras_box, to_ras
 
 
 def report_data(path: Path) -> dict:
@@ -103,6 +103,7 @@ def test_slices_show_the_patients_right_on_the_viewers_left(flip_x: bool):
     from scipy import ndimage
 
     box = ndimage.find_objects(np.ascontiguousarray(mask_ras))[0]
+    assert ras_box(ndimage.find_objects(mask)[0], mask.shape, affine) == box  # the report's shortcut
     images = organ_slices(ct_ras, mask_ras, spacing, 1, box, {1: (255, 0, 0)})
     for plane in ("axial", "coronal"):
         img = _png(images[plane])
@@ -180,3 +181,34 @@ def test_report_command_writes_and_refuses_to_overwrite(tiny_ct_and_mask, tmp_pa
     assert report_data(out)["organs"] == ["liver", "spleen"]
     again = organseg_cli(*args)
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_infer_report_carries_the_run_manifest(real_ct: Path, tmp_path: Path):
+    import torch
+
+    from organseg.checkpoint import build_model, save_checkpoint
+    from organseg.config import config_to_dict, load_config, replace_path
+
+    cfg = load_config("demo")
+    for key, value in (("model.filters", [4, 8]), ("model.bottleneck", 8), ("preprocess.spacing_mm", [6.0] * 3),
+                       ("train.patch_size", [32] * 3)):  # fmt: skip
+        cfg = replace_path(cfg, key, value)
+    torch.manual_seed(0)  # this untrained net labels some organs in the real CT (see test_confidence)
+    model = tmp_path / "tiny.pt"
+    save_checkpoint(
+        model, {"model": build_model(cfg).state_dict(), "config": config_to_dict(cfg), "epoch": 0}
+    )
+    mask, page = tmp_path / "m.nii.gz", tmp_path / "m.html"
+    bad = organseg_cli("infer", "--input", str(real_ct), "--output", str(mask), "--model", str(model),
+                       "--report", str(tmp_path / "m.pdf"))  # fmt: skip
+    assert bad.returncode != 0 and "m.pdf" in bad.stderr and not mask.exists()  # refused before any work
+    done = organseg_cli("infer", "--input", str(real_ct), "--output", str(mask), "--model", str(model),
+                        "--report", str(page), "--device", "cpu")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = report_data(page)
+    manifest = json.loads((tmp_path / "m.run.json").read_text())
+    found = [o for o, v in manifest["volumes_ml"].items() if v > 0]
+    assert sorted(data["organs"]) == sorted(found)
+    for row in data["rows"]:
+        assert row["confidence"] == manifest["confidence"][row["organ"]]
+    assert "tiny.pt" in page.read_text()
