@@ -307,9 +307,10 @@ def test_shared_data_reads_as_a_totalsegmentator_dataset(cfg):
     require_shared_data(SHARED_DATA / "totalseg-dicom")
     report = load_dataset(SHARED_DATA, cfg, check_values=True)
     assert report.layout == "totalsegmentator"
-    assert [c.name for c in report.cases] == ["totalseg-dicom", "totalseg-example"]
+    # totalseg-example-full: the same patient down to the pelvis, TotalSegmentator --fast labels (seg_*.nii.gz)
+    assert [c.name for c in report.cases] == ["totalseg-dicom", "totalseg-example", "totalseg-example-full"]
     assert report.problems == {} and report.warnings == []
-    dicom_case, nifti_case = report.cases
+    dicom_case, nifti_case, _full_case = report.cases
     image, label = read_case(dicom_case, cfg)  # LAS label onto the LPS series, in world space
     assert np.median(image.array[label.array == cfg.labels.id_of("spleen")]) > 0
     image, label = read_case(nifti_case, cfg)
