@@ -67,7 +67,7 @@ def demo_picture(
     fig.suptitle(
         f"organseg ink demo: synthetic '{cfg.synth.difficulty}' fragment {fragment.name}", fontsize=11
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
