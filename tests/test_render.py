@@ -161,7 +161,7 @@ def test_coarse_marching_cubes_for_big_organs_keeps_geometry(synth, monkeypatch,
     _, mask, affine = synth
     fine = build_meshes(Volume(mask, affine), max_faces=None, smooth=smooth)["liver"]
     # the raw mask is sampled every n-th voxel above MC_MAX_VOXELS, the smoothed field coarsened
-    monkeypatch.setattr(render_module, "MC_MAX_VOXELS", 2_000)
+    monkeypatch.setattr(surfaces, "MC_MAX_VOXELS", 2_000)
     monkeypatch.setattr(surfaces, "FIELD_MAX_VOXELS", 4_000)
     coarse = build_meshes(Volume(mask, affine), max_faces=None, smooth=smooth)["liver"]
     assert coarse.n_cells < fine.n_cells / 2
