@@ -183,10 +183,11 @@ def test_report_command_writes_and_refuses_to_overwrite(tiny_ct_and_mask, tmp_pa
     assert again.returncode != 0 and "already exists" in again.stderr
 
 
-def test_infer_report_carries_the_run_manifest(real_ct: Path, tmp_path: Path):
+def test_infer_report_carries_the_run_manifest(real_ct: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     import torch
 
     from organseg.checkpoint import build_model, save_checkpoint
+    from organseg.cli import main
     from organseg.config import config_to_dict, load_config, replace_path
 
     cfg = load_config("demo")
@@ -199,12 +200,24 @@ def test_infer_report_carries_the_run_manifest(real_ct: Path, tmp_path: Path):
         model, {"model": build_model(cfg).state_dict(), "config": config_to_dict(cfg), "epoch": 0}
     )
     mask, page = tmp_path / "m.nii.gz", tmp_path / "m.html"
-    bad = organseg_cli("infer", "--input", str(real_ct), "--output", str(mask), "--model", str(model),
-                       "--report", str(tmp_path / "m.pdf"))  # fmt: skip
-    assert bad.returncode != 0 and "m.pdf" in bad.stderr and not mask.exists()  # refused before any work
-    done = organseg_cli("infer", "--input", str(real_ct), "--output", str(mask), "--model", str(model),
-                        "--report", str(page), "--device", "cpu")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    common = [
+        "infer",
+        "--input",
+        str(real_ct),
+        "--output",
+        str(mask),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+    ]
+    # in process (organseg.cli.main, what the console script runs): no second interpreter start-up
+    with pytest.raises(SystemExit) as refused:
+        main([*common, "--report", str(tmp_path / "m.pdf")])
+    assert refused.value.code != 0 and "m.pdf" in capsys.readouterr().err
+    assert not mask.exists()  # refused before any work
+    main([*common, "--report", str(page)])
+    assert page.exists() and f"wrote {page}" in capsys.readouterr().out
     data = report_data(page)
     manifest = json.loads((tmp_path / "m.run.json").read_text())
     found = [o for o, v in manifest["volumes_ml"].items() if v > 0]
