@@ -406,7 +406,7 @@ def segment(
             cfg.infer_patch_size,
             n_threads,
             device,
-            convert=files == [default_model()],
+            convert=model is None,  # the built-in model: converted once, on first use
         )
     finally:
         if prefetch is not None:  # the cases import MONAI: never while the thread is importing it
