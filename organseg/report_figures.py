@@ -102,9 +102,9 @@ def organ_figure(meshes: Mapping, colors: Mapping[str, tuple[int, int, int]]):
         scene={
             "aspectmode": "manual",
             "aspectratio": {"x": ratio[0], "y": ratio[1], "z": ratio[2]},
-            "xaxis": {**axis, "title": {"text": "x mm (patient's left → right)"}},
-            "yaxis": {**axis, "title": {"text": "y mm (posterior → anterior)"}},
-            "zaxis": {**axis, "title": {"text": "z mm (inferior → superior)"}},
+            "xaxis": {**axis, "title": {"text": "x mm (+ = patient's right)"}},
+            "yaxis": {**axis, "title": {"text": "y mm (+ = anterior)"}},
+            "zaxis": {**axis, "title": {"text": "z mm (+ = superior)"}},
             # Anterior view: eye on +y, head up. Looking along -y with +z up puts +x (patient's right)
             # on the viewer's left.
             "camera": {
