@@ -32,6 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def machine() -> str:
     try:
         cpu = next(
@@ -41,7 +44,7 @@ def machine() -> str:
         )
     except (OSError, StopIteration):
         cpu = platform.processor() or "unknown CPU"
-    return f"{cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
+    return f"{cpu}, {os.cpu_count()} cores, load {LOAD_AT_START:.1f} at start, {os.getloadavg()[0]:.1f} at the end"
 
 
 def run_child(args: list[str]) -> tuple[float, float, str]:
