@@ -286,6 +286,14 @@ def train_ink(
         saved = json.loads(marker.read_text())
         if saved.get("task") != "ink":
             raise InputError(f"{run}: run.json is not an ink run (task {saved.get('task')!r})")
+        splits_path = run / "splits.json"
+        if splits_path.is_file():
+            before = [s["val"][0] for s in json.loads(splits_path.read_text())["splits"]]
+            if before != [p.name for p in fragments]:
+                raise InputError(
+                    f"{data_dir}: fragments {[p.name for p in fragments]} differ from the run's {before} "
+                    f"({splits_path}); folds would not match"
+                )
     else:
         if run.exists() and any(run.iterdir()):
             raise OutputError(
