@@ -9,7 +9,7 @@ float32 tensor and return logits ``(N, C, X, Y, Z)`` -- drop-in replacements for
   compiled for the CPU with ``INFERENCE_PRECISION_HINT=f32``. OpenVINO's default hint on a CPU with
   AVX-512 BF16 runs in bfloat16 and moved logits by up to 1.7 here (BENCHMARKS.md): f32 keeps them within
   about 5e-3 of eager and the masks equal (Dice >= 0.999 per organ).
-- ``onnx`` (``pip install onnx onnxruntime``): ``torch.onnx.export`` + an ONNX Runtime session.
+- ``onnx`` (``pip install organseg[onnx]``): ``torch.onnx.export`` + an ONNX Runtime session.
 - ``auto``: ``openvino`` when it is installed and the model is converted already or is the built-in
   model (converted on first use), else ``torch`` -- so a new model never pays a conversion unasked.
 
@@ -38,13 +38,12 @@ from organseg.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "openvino", "onnx")
-_MODULES = {"openvino": "openvino", "onnx": "onnxruntime"}
+_MODULES = {"openvino": ("openvino",), "onnx": ("onnx", "onnxruntime")}  # onnx: the exporter's
 
 
 def installed(backend: str) -> bool:
     """Whether ``backend``'s runtime can be imported (``torch`` always can)."""
-    module = _MODULES.get(backend)
-    return module is None or importlib.util.find_spec(module) is not None
+    return all(importlib.util.find_spec(module) is not None for module in _MODULES.get(backend, ()))
 
 
 def resolve_backend(backend: str, device: str = "cpu") -> str:
@@ -58,7 +57,7 @@ def resolve_backend(backend: str, device: str = "cpu") -> str:
         if device != "cpu":
             raise ConfigError(f"backend: {backend} runs on the CPU only (device is {device})")
         if not installed(backend):
-            extra = "organseg[fast]" if backend == "openvino" else "onnx onnxruntime"
+            extra = "organseg[fast]" if backend == "openvino" else "organseg[onnx]"
             raise ConfigError(f"backend: {backend} is not installed (pip install {extra})")
     return backend
 
