@@ -37,17 +37,13 @@ import os, sys
 from pathlib import Path
 from organseg.config import load_config
 from organseg.training import train
-from organseg.training.data import seed_for
-from organseg.training.distributed import init_from_env, shutdown
+from organseg.training.distributed import session
 
 cfg_path, data, run, resume, max_epochs = sys.argv[1:6]
-ctx = init_from_env("cpu", timeout_s=60)
-Path(run + f".pid{ctx.rank}").write_text(str(os.getpid()))
-try:
+with session("cpu", timeout_s=60) as ctx:
+    Path(run + f".pid{ctx.rank}").write_text(str(os.getpid()))
     train(load_config(cfg_path), Path(data), Path(run), folds=0, resume=resume == "1", progress=False,
           num_threads=1, dist=ctx, max_epochs=int(max_epochs) or None)
-finally:
-    shutdown(ctx)
 """
 
 

@@ -151,12 +151,30 @@ def shutdown(ctx: DistContext) -> None:
 def session(
     device: str | torch.device | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> Iterator[DistContext]:
-    """``init_from_env`` for the ``with`` block, ``shutdown`` after it (also on errors)."""
+    """``init_from_env`` for the ``with`` block, ``shutdown`` after it (also on errors).
+
+    Under torchrun, SIGTERM (how torchrun stops the other ranks when one dies) becomes ``SystemExit``
+    inside the block, so that atomic writes in progress remove their temporary files on the way out.
+    """
+    import signal
+
     ctx = init_from_env(device, timeout_s)
+    previous = None
+    if ctx.distributed:
+        try:
+            previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = None
     try:
         yield ctx
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         shutdown(ctx)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 # --------------------------------------------------------------------------------------- agreement
