@@ -30,9 +30,9 @@ import pyvista as pv
 from scipy import ndimage
 from skimage.measure import marching_cubes
 
-from organseg.config import UNKNOWN_COLOR, LabelMap
 from organseg.errors import InputError
 from organseg.io import Volume
+from organseg.labels import UNKNOWN_COLOR, LabelMap
 
 #: Largest label value accepted: masks are small non-negative integers (TotalSegmentator uses <= 117).
 MAX_LABEL_VALUE = 65535

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "organseg"
 #: only from its own layer or below; within a layer the cycle check keeps the arrows one way.
 LAYERS: list[set[str]] = [
     {"errors", "version"},
-    {"labels", "geometry", "surfaces"},
+    {"labels", "geometry"},
     {"io"},
     {"config", "runtime"},
     {
@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
         "datasets",
         "phantom",
         "metrics",
+        "surfaces",
         "rendering",
     },
     {"training", "infer", "ink", "report", "report_figures", "report_html", "bundle", "bundle_docs"},
