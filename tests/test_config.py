@@ -17,11 +17,27 @@ from organseg.config import (
 )
 from organseg.errors import ConfigError
 
+ORGAN_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("ink"))
+INK_CONFIGS = sorted(CONFIG_DIR.glob("ink*.yaml"))
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+
+@pytest.mark.parametrize("path", ORGAN_CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_load_and_round_trip(path: Path) -> None:
     cfg = load_config(path)
     assert config_from_dict(config_to_dict(cfg), "roundtrip") == cfg
+
+
+@pytest.mark.parametrize("path", INK_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_ink_configs_load_and_round_trip(path: Path) -> None:
+    """The ink task's configs have their own schema (``organseg.ink.config``), checked the same way."""
+    from organseg.ink.config import ink_config_from_dict, ink_config_to_dict, load_ink_config
+
+    cfg = load_ink_config(path)
+    assert ink_config_from_dict(ink_config_to_dict(cfg), "roundtrip") == cfg
+
+
+def test_every_shipped_config_is_checked() -> None:
+    assert len(ORGAN_CONFIGS) >= 4 and len(INK_CONFIGS) == 2
 
 
 def test_default_label_map_has_five_classes_and_kidney_pair() -> None:
