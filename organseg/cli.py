@@ -102,7 +102,7 @@ def train_command(
     elif fold is not None:
         folds = fold
     elif resume_dir is not None:
-        folds = json.loads((run_dir / RUN_MARKER).read_text()).get("folds", [0])
+        folds = json.loads((run_dir / RUN_MARKER).read_text(encoding="utf-8")).get("folds", [0])
     else:
         folds = 0
     with session(device) as ctx:  # under torchrun: DDP over its processes; else one process

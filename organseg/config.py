@@ -419,7 +419,7 @@ def load_config(name_or_path: str | Path = "abdomen") -> Config:
         shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
         raise ConfigError(f"{path}: config file not found (shipped configs: {shipped})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{path}: not valid YAML ({first})") from None

@@ -193,7 +193,7 @@ def _find_msd(root: Path, layout: str) -> list[Case]:
     meta: dict = {}
     if meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"{meta_path}: not valid JSON ({err})") from None
         if not isinstance(meta, dict):

@@ -63,7 +63,7 @@ def is_run_dir(path: str | Path) -> bool:
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("organseg_run") == RUN_FORMAT
+        return json.loads(marker.read_text(encoding="utf-8")).get("organseg_run") == RUN_FORMAT
     except (json.JSONDecodeError, OSError, AttributeError):
         return False
 
@@ -95,7 +95,7 @@ def _created(run: Path) -> float:
     """When a run was created (run.json's ``created``, else the marker's modification time)."""
     marker = run / RUN_MARKER
     try:
-        text = json.loads(marker.read_text()).get("created", "")
+        text = json.loads(marker.read_text(encoding="utf-8")).get("created", "")
         return datetime.fromisoformat(str(text)).timestamp()
     except (ValueError, OSError, AttributeError, TypeError):
         return marker.stat().st_mtime
@@ -181,7 +181,7 @@ def list_models(runs_dir: str | Path = "runs") -> list[str]:
     )
     for run in sorted(runs, key=_created, reverse=True):
         folds = fold_checkpoints(run)
-        task = json.loads((run / RUN_MARKER).read_text()).get("task", "?")
+        task = json.loads((run / RUN_MARKER).read_text(encoding="utf-8")).get("task", "?")
         lines.append(f"run       {run}  task={task}  folds with a checkpoint: {sorted(folds) or 'none'}")
     if not runs:
         lines.append(f"run       none under {runs_dir} ({HOW_TO_GET_A_MODEL})")

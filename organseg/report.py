@@ -56,7 +56,7 @@ def _read_labels(mask_path: Path | None) -> tuple[LabelMap, dict[str, tuple[int,
     if not sidecar.is_file():
         return default, {n: default.color_of(n) for n in default.names}
     try:
-        entries = json.loads(sidecar.read_text())["labels"]
+        entries = json.loads(sidecar.read_text(encoding="utf-8"))["labels"]
         ids = sorted(int(i) for i in entries)
         names = tuple(entries[str(i)]["name"] for i in range(ids[-1] + 1))
         colors = {entries[str(i)]["name"]: tuple(int(c) for c in entries[str(i)]["color"]) for i in ids}
@@ -111,7 +111,7 @@ def _load_manifest(path: Path | None, mask_path: Path | None, notes: list[str]) 
     if not Path(path).is_file():
         raise InputError(f"{path}: run manifest not found")
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         notes.append(f"{path}: unreadable run manifest ({err}); run details left out")
         return None

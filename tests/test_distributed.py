@@ -97,7 +97,14 @@ def torchrun(args: list[str], timeout: float = TIMEOUT_S, wait: bool = True):
     cmd += ["--max-restarts", "0", "--monitor-interval", "0.2", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     if not wait:
         return proc
@@ -158,7 +165,9 @@ def test_two_ranks_at_half_batch_follow_one_process(dataset, tmp_path):
     assert apart.norm() < 1e-2 * update.norm(), (float(apart.norm()), float(update.norm()))
     # rank 0 alone wrote the run folder, once
     assert (tmp_path / "two" / "cv_summary.json").is_file()
-    assert (tmp_path / "two" / "fold_0" / "train.log").read_text().count("epoch 2/2 loss") == 1
+    assert (tmp_path / "two" / "fold_0" / "train.log").read_text(encoding="utf-8").count(
+        "epoch 2/2 loss"
+    ) == 1
 
 
 def test_a_killed_rank_stops_torchrun_and_a_rerun_resumes(dataset, tmp_path):
@@ -171,7 +180,7 @@ def test_a_killed_rank_stops_torchrun_and_a_rerun_resumes(dataset, tmp_path):
         while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert ckpt.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint"
-        os.kill(int(Path(f"{run}.pid1").read_text()), signal.SIGKILL)
+        os.kill(int(Path(f"{run}.pid1").read_text(encoding="utf-8")), signal.SIGKILL)
         code = proc.wait(timeout=60)  # torchrun notices and stops rank 0: no hang in a collective
     finally:
         if proc.poll() is None:
@@ -183,7 +192,9 @@ def test_a_killed_rank_stops_torchrun_and_a_rerun_resumes(dataset, tmp_path):
     assert 1 <= saved < 500
     code, out = train_ddp(tmp_path, cfg, dataset, run, resume=True, max_epochs=saved + 1)
     assert code == 0, out[-3000:]
-    assert f"resumed from {ckpt} at epoch {saved}" in (run / "fold_0" / "train.log").read_text()
+    assert f"resumed from {ckpt} at epoch {saved}" in (run / "fold_0" / "train.log").read_text(
+        encoding="utf-8"
+    )
     assert load_checkpoint(ckpt)["epoch"] == saved + 1
     assert [int(r["epoch"]) for r in rows(run)] == list(range(1, saved + 2))
     # and once more in one process: another world size reads the same checkpoint
@@ -263,7 +274,7 @@ def test_sharded_inference_equals_one_process_and_reruns_skip(scans, tmp_path):
     one, two = masks(tmp_path / "one"), masks(tmp_path / "two")
     assert len(one) == 5 and one == two  # byte for byte
     assert any(len(np.unique(np.frombuffer(m, np.uint8))) > 1 for m in one.values())
-    combined = json.loads((tmp_path / "two" / COMBINED).read_text())
+    combined = json.loads((tmp_path / "two" / COMBINED).read_text(encoding="utf-8"))
     assert sorted(c["case"] for c in combined["cases"]) == [f"ct{i}" for i in range(5)]
     assert combined["missing"] == [] and combined["shards"] == 2
     assert len(list((tmp_path / "two").glob("*batch_manifest*"))) == 1  # rank 0 alone wrote it
@@ -281,7 +292,7 @@ def test_sharded_inference_equals_one_process_and_reruns_skip(scans, tmp_path):
     assert sorted(c for r in done for c in r.skipped) == ["ct0", "ct2", "ct4"]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("ct[024].*")} == before
     assert masks(tmp_path / "two") == one
-    assert json.loads((tmp_path / "two" / COMBINED).read_text())["missing"] == []
+    assert json.loads((tmp_path / "two" / COMBINED).read_text(encoding="utf-8"))["missing"] == []
 
 
 def test_shares_are_disjoint_size_balanced_and_agree(scans):

@@ -26,7 +26,7 @@ from organseg.report_figures import organ_slices, ras_box, to_ras
 
 def report_data(path: Path) -> dict:
     """The machine-readable copy of the report's content embedded in the page."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     return json.loads(re.search(r'id="organseg-report">(.*?)</script>', text, re.S).group(1))
 
 
@@ -47,7 +47,7 @@ def test_report_of_the_real_ct_holds_its_values_and_opens_offline(
     real_ct: Path, real_seg: Path, tmp_path: Path
 ):
     out = build_report(real_seg, real_ct, tmp_path / "r.html", label_map="totalsegmentator")
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     data = report_data(out)
     assert data["organs"] == ["liver", "kidney_right", "kidney_left", "spleen"]
     # Values are organ_stats' on the same data (liver about 1043 ml per the data README).
@@ -132,7 +132,7 @@ def test_manifest_confidence_orders_the_table_and_run_details_show(tiny_ct_and_m
     data = report_data(out)
     assert data["organs"] == ["spleen", "liver"]  # least confident first
     assert "something to check" in data["warnings"]
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "builtin.safetensors" in text and "network 1.50 s" in text
 
 
@@ -219,9 +219,9 @@ def test_infer_report_carries_the_run_manifest(real_ct: Path, tmp_path: Path, ca
     main([*common, "--report", str(page)])
     assert page.exists() and f"wrote {page}" in capsys.readouterr().out
     data = report_data(page)
-    manifest = json.loads((tmp_path / "m.run.json").read_text())
+    manifest = json.loads((tmp_path / "m.run.json").read_text(encoding="utf-8"))
     found = [o for o, v in manifest["volumes_ml"].items() if v > 0]
     assert sorted(data["organs"]) == sorted(found)
     for row in data["rows"]:
         assert row["confidence"] == manifest["confidence"][row["organ"]]
-    assert "tiny.pt" in page.read_text()
+    assert "tiny.pt" in page.read_text(encoding="utf-8")

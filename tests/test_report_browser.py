@@ -52,6 +52,8 @@ def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProce
         [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri()],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=180,
     )
 

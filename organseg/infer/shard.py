@@ -90,7 +90,7 @@ def shard_of(inputs: Sequence[Path], k: int, n: int) -> list[Path]:
 def is_done(manifest: Path) -> bool:
     """True when a case's run manifest exists and is complete JSON (it is written last, atomically)."""
     try:
-        return isinstance(json.loads(Path(manifest).read_text()), dict)
+        return isinstance(json.loads(Path(manifest).read_text(encoding="utf-8")), dict)
     except (OSError, ValueError):
         return False
 
@@ -105,7 +105,7 @@ def combined_manifest(cases: Sequence[tuple[str, Path, Path]], shards: int) -> d
         if not is_done(manifest):
             missing.append(name)
             continue
-        m = json.loads(manifest.read_text())
+        m = json.loads(manifest.read_text(encoding="utf-8"))
         done.append(
             {
                 "case": name,

@@ -128,7 +128,7 @@ def train(
 
     cfg = _config(config_name, epochs, overrides)
     run = train_ink(cfg, data_dir, run_dir, list(fold_list) or None, resume, _device(device))
-    summary = json.loads((run / "cv_summary.json").read_text())
+    summary = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))
     click.echo(
         f"held-out F0.5 {summary['mean_val_fbeta']:.3f} (mean of {len(summary['folds'])} folds); run: {run}"
     )

@@ -283,12 +283,12 @@ def train_ink(
     if resume:
         if not marker.is_file():
             raise InputError(f"{run}: not an ink run folder (no run.json) to resume")
-        saved = json.loads(marker.read_text())
+        saved = json.loads(marker.read_text(encoding="utf-8"))
         if saved.get("task") != "ink":
             raise InputError(f"{run}: run.json is not an ink run (task {saved.get('task')!r})")
         splits_path = run / "splits.json"
         if splits_path.is_file():
-            before = [s["val"][0] for s in json.loads(splits_path.read_text())["splits"]]
+            before = [s["val"][0] for s in json.loads(splits_path.read_text(encoding="utf-8"))["splits"]]
             if before != [p.name for p in fragments]:
                 raise InputError(
                     f"{data_dir}: fragments {[p.name for p in fragments]} differ from the run's {before} "
@@ -317,7 +317,7 @@ def train_ink(
         atomic_write_json(run / "splits.json", {"data": str(data_dir), "splits": splits})
     device = torch.device(device)
     summary_path = run / "cv_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"folds": {}}
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {"folds": {}}
     for k in folds:
         best = train_fold(cfg, fragments, k, run / f"fold_{k}", device, resume=resume, progress=progress)
         summary["folds"][str(k)] = {"val_fragment": fragments[k].name, **best}

@@ -119,7 +119,7 @@ def read_class_table(path: str | Path) -> dict[int, str]:
     if not path.is_file():
         raise InputError(f"{path}: class table not found")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: not a readable JSON class table ({str(err).splitlines()[0]})") from None
     if isinstance(raw, dict) and isinstance(raw.get("labels"), dict):  # dataset.json style

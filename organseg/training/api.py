@@ -122,7 +122,7 @@ def train(
     synthetic = cfg.train.synthetic.enabled
     k = 1 if synthetic else cfg.train.folds
     chosen = fold_indices(folds, k)
-    run_info = json.loads((check_run_dir(run_dir) / RUN_MARKER).read_text()) if resume else {}
+    run_info = json.loads((check_run_dir(run_dir) / RUN_MARKER).read_text(encoding="utf-8")) if resume else {}
     if resume and run_info.get("task") not in (None, cfg.task):
         raise InputError(
             f"{run_dir}: run folder is for task {run_info.get('task')!r}, the config is for {cfg.task!r}; "
@@ -252,7 +252,7 @@ def _load_or_make_splits(run_dir: Path, names: list[str], k: int, seed: int, res
     path = run_dir / "splits.json"
     if resume and path.is_file():
         try:
-            saved = json.loads(path.read_text())
+            saved = json.loads(path.read_text(encoding="utf-8"))
             if saved.get("k") == k:
                 return saved["folds"]
         except (json.JSONDecodeError, KeyError, AttributeError):

@@ -199,7 +199,7 @@ def count_case_labels(
 
 def load_label_counts(path: Path) -> dict[str, list[int]]:
     try:
-        return {k: list(v) for k, v in json.loads(path.read_text()).items()}
+        return {k: list(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
     except (OSError, json.JSONDecodeError, AttributeError):
         return {}
 

@@ -90,7 +90,7 @@ class RunWriter:
         except OSError as err:
             raise OutputError(f"{run}: cannot create the run folder ({err.strerror})") from None
         marker = run / RUN_MARKER
-        info = json.loads(marker.read_text()) if marker.is_file() else {}
+        info = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
         done = sorted(set(info.get("folds", [])) | set(folds))
         atomic_write_json(
             marker,
