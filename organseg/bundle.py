@@ -211,9 +211,9 @@ def inference_config(cfg: Config, bundle_root: str | Path) -> dict:
             "sw_batch_size": int(cfg.infer.sw_batch_size),
             "overlap": float(cfg.infer.overlap),
             "mode": cfg.infer.blend,
-            # how a window sticking out of the body crop is filled (organseg's infer.padding; MONAI's default
-            # "constant" for configs from before that field existed)
-            "padding_mode": getattr(cfg.infer, "padding", "constant"),
+            # how a window sticking out of the body crop is filled (organseg's infer.padding; configs from
+            # before that field existed load with its default)
+            "padding_mode": cfg.infer.padding,
         },
         "postprocessing": {"_target_": "Compose", "transforms": post},
         # One case: the window batch dimension is added for the inferer and removed for the postprocessing.
