@@ -331,8 +331,9 @@ def train(
     "--backend",
     type=click.Choice(["auto", "torch", "openvino", "onnx"]),
     default="auto",
+    envvar="ORGANSEG_BACKEND",
     show_default=True,
-    help="Where the network runs on a CPU (openvino: pip install organseg[fast]).",
+    help="Where the network runs on a CPU (openvino: pip install organseg[fast]); env ORGANSEG_BACKEND.",
 )
 def infer(
     input_path: Path,
@@ -396,7 +397,9 @@ def infer(
                 input_path, output_path, shard=parts, ctx=dist_ctx, device=str(dist_ctx.device), **common
             )
     else:
-        result = organseg.segment(input_path, output_path, device=device, skip_existing=skip_existing, **common)
+        result = organseg.segment(
+            input_path, output_path, device=device, skip_existing=skip_existing, **common
+        )
     summary = getattr(result, "summary", None)
     click.echo(summary() if callable(summary) else f"wrote {output_path}")
     if report_path is not None:

@@ -12,6 +12,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+# CLI calls made inside the pytest process run eager PyTorch: `organseg infer` defaults to
+# `--backend auto` (OpenVINO when installed), and OpenVINO's runtime next to torch training in one process
+# crashed. The OpenVINO tests run it in child processes (tests/test_speed_paths.py).
+os.environ["ORGANSEG_BACKEND"] = "torch"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -321,7 +321,7 @@ def segment(
     output_type: str | Sequence[str] = "nifti",
     shard: tuple[int, int] | None = None,
     skip_existing: bool = False,
-    backend: str = "auto",
+    backend: str = "torch",
 ) -> SegmentResult:
     """Segment one CT (file, DICOM folder or zip) or a folder of CT files; masks land on the input grids.
 
@@ -355,8 +355,11 @@ def segment(
         output_type: ``"nifti"`` (default), ``"dicom-seg"`` or both (a list): ``dicom-seg`` needs a DICOM
             folder or zip as input and ``output`` ending in ``.dcm``; the NIfTI mask and the sidecars then
             go beside it (``seg.dcm`` -> ``seg.nii.gz``, ``seg.run.json``). See ``io.dicomseg``.
-        backend: where the network runs on a CPU: ``auto`` (OpenVINO when ``organseg[fast]`` is
-            installed, else eager PyTorch), ``torch``, ``openvino``, ``onnx`` (``infer.backends``).
+        backend: where the network runs on a CPU: ``torch`` (default: eager PyTorch, the reference),
+            ``auto`` (OpenVINO when ``organseg[fast]`` is installed, else eager), ``openvino``, ``onnx``
+            (``infer.backends``). The library default stays eager because OpenVINO's runtime and torch
+            training in one process crashed (segfault) in a test run; ``organseg infer``, a process of
+            its own, defaults to ``auto``.
         shard: ``(K, N)``: segment only share K of N of a folder of CTs (``infer.shard``: disjoint,
             size-balanced); ``ConfigError`` for a single case.
         skip_existing: skip cases whose run manifest (written last) exists; redo the others, replacing
@@ -408,6 +411,8 @@ def segment(
             device,
             convert=model is None,  # the built-in model: converted once, on first use
         )
+        # Read the first CT while MONAI is still importing: decompression releases the GIL.
+        first = _read_case(plans[0], series_uid) if plans else None
     finally:
         if prefetch is not None:  # the cases import MONAI: never while the thread is importing it
             prefetch.join()
@@ -432,7 +437,7 @@ def segment(
             from tqdm import tqdm
 
             iterator = tqdm(plans, desc="cases", unit="case")
-        for plan in iterator:
+        for i, plan in enumerate(iterator):
             results.append(
                 _segment_case(
                     plan,
@@ -451,8 +456,10 @@ def segment(
                     progress=progress and not batch,
                     dicom_seg=dicom_seg,
                     nifti="nifti" in types,
+                    read=first if i == 0 else None,
                 )
             )
+            first = None
     return SegmentResult(
         cases=results,
         models=files,
@@ -475,6 +482,15 @@ def _warn(message: str, collected: list[str]) -> None:
     warnings.warn(message, stacklevel=3)
 
 
+def _read_case(plan: _Plan, series_uid: str | None) -> tuple[io.Volume, list[str], float]:
+    """``(volume, warnings, seconds)``: the CT of ``plan`` read, its read warnings collected."""
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vol = io.read_image(plan.input, series_uid=series_uid, kind="ct")
+    return vol, [str(w.message) for w in caught], time.perf_counter() - t
+
+
 def _segment_case(
     plan: _Plan,
     nets: list,
@@ -493,19 +509,18 @@ def _segment_case(
     progress: bool,
     dicom_seg: Path | None = None,
     nifti: bool = True,
+    read: tuple[io.Volume, list[str], float] | None = None,
 ) -> CaseResult:
     timings: dict[str, float] = {}
     notes: list[str] = []
     labels = cfg.labels
+    vol, read_warnings, read_s = read if read is not None else _read_case(plan, series_uid)
     t = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        vol = io.read_image(plan.input, series_uid=series_uid, kind="ct")
-    for w in caught:
-        _warn(str(w.message), notes)
+    for message in read_warnings:
+        _warn(message, notes)
     for reason in check_ct_intensities(vol.array, cfg.preprocess.body_threshold_hu):
         _warn(f"{vol.source}: {reason}", notes)
-    timings["read"] = time.perf_counter() - t
+    timings["read"] = read_s + time.perf_counter() - t
 
     t = time.perf_counter()
     native = Grid(vol.shape, np.asarray(vol.affine, dtype=np.float64))
