@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, require_shared_data
 
 from organseg.cli import main
 from organseg.config import config_from_dict, config_to_dict, load_config
@@ -35,8 +35,7 @@ KEEP = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomac
 @pytest.fixture(scope="module")
 def small_map(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(multilabel file, its class table, a folder of binary masks): s0011 at 6 mm, a few structures."""
-    if not S0011.exists():
-        pytest.skip(f"real label map not found at {S0011} (it lives in ../shared/data beside the repo)")
+    require_shared_data(S0011)
     root = tmp_path_factory.mktemp("labelmap")
     img = nib.load(S0011)
     full = np.asarray(img.dataobj)

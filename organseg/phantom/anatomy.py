@@ -15,6 +15,7 @@ import numpy as np
 
 from organseg.phantom import body as body_mod
 from organseg.phantom import gut as gut_mod
+from organseg.phantom import kidneys as kidneys_mod
 from organseg.phantom import organs as organs_mod
 from organseg.phantom import skeleton as skel_mod
 from organseg.phantom import thorax as thorax_mod
@@ -73,10 +74,10 @@ def sample_anatomy(
     thorax = thorax_mod.sample_thorax(rng, sk, dome, top)
     liver = organs_mod.sample_liver(rng, sk, body, dome, volume_ml=variant.liver_ml)
     spleen = organs_mod.sample_spleen(rng, sk, body, dome, volume_ml=variant.spleen_ml)
-    kidneys = organs_mod.sample_kidneys(rng, sk, body, spleen, muscles)
+    kidneys = kidneys_mod.sample_kidneys(rng, sk, body, spleen, muscles, liver, dome)
     gallbladder = organs_mod.sample_gallbladder(rng, liver)
     pancreas = gut_mod.sample_pancreas(rng, sk, spleen)
-    gut = gut_mod.sample_gut(rng, sk, body, dome)
+    gut = gut_mod.sample_gut(rng, sk, body, dome, spleen)
     anchors = vessels_mod.VesselAnchors(sk, body, thorax, liver, kidneys, spleen, pancreas, top)
     vessels = vessels_mod.sample_vessels(rng, anchors)
     implants = _sample_implants(rng, sk, liver, gallbladder is None)

@@ -52,9 +52,9 @@ class Gut:
     mesentery_width: float
 
 
-def sample_gut(rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome) -> Gut:
-    """Stomach (fundus under the left dome, between liver and spleen), duodenum, colon, small-bowel loops,
-    bladder and mesenteric vessels for one patient."""
+def sample_gut(rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome, spleen: Organ) -> Gut:
+    """Stomach (fundus under the left dome, between liver and spleen, in front of the spleen), duodenum, colon,
+    small-bowel loops, bladder and mesenteric vessels for one patient."""
     u = rng.uniform
     z_l1, z_l2, z_l3, z_s1 = sk.z("L1"), sk.z("L2"), sk.z("L3"), sk.z("S1")
     distension = u(0.6, 1.25)
@@ -69,7 +69,10 @@ def sample_gut(rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome) -
             [u(15, 32), u(40, 60), z_l1 + u(-15, 10), u(8, 12)],
         ]
     )
-    for point in stomach[1:4]:  # inside the anterior wall however thin the patient
+    # the fundus lies against the spleen's gastric surface, anteromedial to it (real maps: its upper slices
+    # 40-50 mm in front of the spleen's centroid), never behind it
+    stomach[0, 1] = max(stomach[0, 1], spleen.center[1] + 40.0)
+    for point in stomach[:4]:  # inside the anterior wall however thin the patient
         point[1] = min(point[1], body.wall_point(point[2], 180, 1.0)[1] - 0.6 * point[3])
     y_lo, y_hi = (stomach[:, 1] - stomach[:, 3]).min(), (stomach[:, 1] + stomach[:, 3]).max()
     duodenum = np.array(

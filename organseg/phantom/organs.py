@@ -6,18 +6,20 @@ that crosses the midline; the spleen is a bent ellipsoid (crescent, concave towa
 kidney is a bean with a hilar notch, cortex, medullary pyramids, sinus fat and a renal pelvis, optionally
 in a layer of perirenal fat (its own template grown by 15-40 %). Each
 case draws template parameters, a volume (ml), an orientation and a smooth random warp; the scale
-that gives the drawn volume is solved on a coarse grid before rasterization.
+that gives the drawn volume is solved on a coarse grid before rasterization. Organs whose height matters
+are placed by where their poles fall as painted (warp and diaphragm included: ``painted_z_range_mm``); the
+kidneys' placement lives in ``kidneys``.
 
 Local frames: ``u`` lateral/towards the hilum, ``v`` anterior-ish, ``w`` superior-ish, in mm.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from organseg.phantom.body import Body, psoas_edge_mm
+from organseg.phantom.body import Body
 from organseg.phantom.canvas import Canvas
 from organseg.phantom.fields import (
     Grid,
@@ -26,7 +28,6 @@ from organseg.phantom.fields import (
     ellipsoid,
     ellipsoid_half_extent,
     local_coords,
-    mirror_x,
     rotation,
     smooth_min,
     upsample,
@@ -156,6 +157,72 @@ def _placed(
     return Organ(kind, structure, center, np.asarray(axes, float), scale, shape, warp, extras)
 
 
+def inside_voxels(box, organ: Organ) -> np.ndarray:
+    """Is each voxel of ``box`` inside the organ (its warp included), as ``paint_organ`` paints it?"""
+    u, v, w = local_coords(box, organ.center, organ.axes, organ.warp)
+    s = np.float32(organ.scale)
+    return np.broadcast_to(TEMPLATES[organ.kind](u / s, v / s, w / s, organ.shape) < 1, box.shape)
+
+
+def painted_voxels(organ: Organ, dome: Dome | None, carved_by: tuple[Organ, ...], step_mm: float, z_mm=None):
+    """(box, inside): the organ's voxels on a ``step_mm`` grid over its box (between heights ``z_mm`` = (lo, hi)
+    if given), as ``paint_organ`` would paint them, less what the lung and diaphragm above ``dome`` and the
+    higher-ranked organs ``carved_by`` take."""
+    lo, hi = organ.bounds_mm()
+    if z_mm is not None:
+        lo[2], hi[2] = max(lo[2], z_mm[0]), min(hi[2], z_mm[1])
+    grid = Grid(tuple(lo), (step_mm,) * 3, tuple(int(v) for v in np.ceil((hi - lo) / step_mm) + 1))
+    box = grid.full()
+    inside = inside_voxels(box, organ).copy()
+    for other in carved_by:
+        inside &= ~inside_voxels(box, other)
+    if dome is not None:
+        inside &= box.Z < dome.height(box.X, box.Y) - np.float32(dome.thickness_mm)
+    return box, inside
+
+
+def painted_z_range_mm(
+    organ: Organ, dome: Dome | None = None, step_mm: float = 3.0, top_only: bool = False
+) -> tuple[float, float]:
+    """Lowest and highest z (patient mm) of the organ as painted: its warp included (a warp can move a pole by
+    more than its amplitude) and, with ``dome``, cut where the diaphragm and the lung above it outrank it.
+
+    On a ``step_mm`` grid (about a step of error); the samplers place organs by these poles, which
+    ``anatomy_stats`` measures. ``top_only``: find the top on an 8 mm grid first, then at ``step_mm`` only near
+    it (faster for the liver; the first value is then not the organ's bottom).
+    """
+    window = None
+    if top_only:
+        _, top = painted_z_range_mm(organ, dome, 8.0)
+        window = (top - 12.0, top + 12.0)
+    box, inside = painted_voxels(organ, dome, (), step_mm, window)
+    k = np.flatnonzero(inside.any(axis=(0, 1)))
+    if not len(k):
+        return float(organ.center[2]), float(organ.center[2])
+    return float(box.z1[k[0]]), float(box.z1[k[-1]])
+
+
+def centroid_z(box, inside: np.ndarray, default: float) -> float:
+    """Mean z (mm) of the ``inside`` voxels of ``box`` (``default`` when there are none)."""
+    counts = inside.sum(axis=(0, 1))
+    return float((counts * box.z1).sum() / counts.sum()) if counts.sum() else default
+
+
+def placed_moved(rng: np.random.Generator, move, *args, rounds: int = 1, **extras) -> Organ:
+    """``_placed(rng, *args, **extras)``, placed again ``move(organ)`` mm higher with the same draws (the same
+    scale and warp, which moves with it), ``rounds`` times: how an organ is placed by where its painted poles
+    fall."""
+    state = rng.bit_generator.state
+    organ, dz = _placed(rng, *args, **extras), 0.0
+    kind, structure, shape, volume_ml, axes, center_fn, *rest = args
+    for _ in range(rounds):
+        dz += float(move(organ))
+        rng.bit_generator.state = state
+        moved = lambda s, dz=dz: np.add(center_fn(s), [0.0, 0.0, dz])  # noqa: E731
+        organ = _placed(rng, kind, structure, shape, volume_ml, axes, moved, *rest, **extras)
+    return organ
+
+
 # --------------------------------------------------------------------------------------- sampling
 
 
@@ -180,7 +247,7 @@ def sample_liver(
         "riedel": float(rng.random() < 0.1),
         "kU": rng.uniform(-0.1, 0.3),
     }
-    volume = rng.uniform(1000, 2500) * LIVER_LOSS
+    volume = rng.uniform(1150, 2500) * LIVER_LOSS  # painted: 900-2600 ml (real 1000-2500)
     if volume_ml is not None:  # drawn anyway above, so the draws that follow stay the same
         volume = volume_ml * LIVER_LOSS
     above = rng.uniform(-10, 5)
@@ -199,11 +266,12 @@ def sample_liver(
     y = (front + back) / 2 + y_shift
 
     def center(s):
-        # the right lobe's top meets the dome above it; the lateral edge meets the body wall
+        # the right lobe's top meets the dome above it, and fills it (its top within ~12 mm of the peak, where
+        # the lung above clips it: real 9 mm); the lateral edge meets the body wall
         z = dome.right_peak[2] - shape["cR"] * s
         for _ in range(2):
             x = body.inner_half_width(z) - shape["aR"] * s + overshoot
-            z = float(dome.height(x, y)) + above - shape["cR"] * s
+            z = max(float(dome.height(x, y)), dome.right_peak[2] - 12.0) + above - shape["cR"] * s
         return [x, y, z]
 
     lesions = []
@@ -214,8 +282,15 @@ def sample_liver(
                 rng.uniform(4, 22),
             )
         )
-    return _placed(
+
+    def move(liver: Organ) -> float:
+        # a warp can lower the top by more than its amplitude: keep the top where the unwarped template has it
+        unwarped = painted_z_range_mm(replace(liver, warp=None), step_mm=4.0, top_only=True)[1]
+        return unwarped - painted_z_range_mm(liver, step_mm=4.0, top_only=True)[1]
+
+    return placed_moved(
         rng,
+        move,
         "liver",
         "liver",
         shape,
@@ -238,10 +313,10 @@ def sample_spleen(
         "c": rng.uniform(40, 56),
         "bend": rng.uniform(0.15, 0.45),
     }
-    volume = float(np.exp(rng.uniform(np.log(95), np.log(440)))) * SPLEEN_LOSS
+    volume = float(np.exp(rng.uniform(np.log(100), np.log(410)))) * SPLEEN_LOSS  # painted: 85-490 ml
     if volume_ml is not None:
         volume = volume_ml * SPLEEN_LOSS
-    phi = rng.uniform(66, 96)  # around the posterior axillary line
+    phi = rng.uniform(70, 94)  # around the posterior axillary line
     tilt = rng.uniform(30, 55)  # its long axis follows ribs 9-11: real spleens span ~80-90 mm head-foot
     inward = np.array([np.sin(np.deg2rad(phi)), np.cos(np.deg2rad(phi))])
     axes = rotation(rx_deg=tilt, rz_deg=np.rad2deg(np.arctan2(inward[1], inward[0])))
@@ -253,64 +328,21 @@ def sample_spleen(
         # against the posterolateral wall, its upper pole just under the dome at that spot
         p = body.wall_point(dome.left_peak[2] - top * s, phi, -1.0, inset_mm=depth * shape["a"] * s)
         for _ in range(2):
-            p = body.wall_point(
-                float(dome.height(p[0], p[1])) - below * top * s, phi, -1.0, inset_mm=depth * shape["a"] * s
-            )
+            z = float(dome.height(p[0], p[1])) - below * top * s
+            # its centre between T11 and L1's upper half (real: T10-L1; a long spleen under a low dome would
+            # hang lower), beside ribs 9-11 and well above the left kidney's centre
+            z = float(np.clip(z, sk.level_z(0.4), sk.level_z(-1.0)))
+            # in a deep belly the posterior axillary line lies far forward: keep the centre within ~20 mm in
+            # front of the vertebral bodies (real: 5-15 mm), further round towards the back
+            for angle in np.arange(phi, 59.0, -4.0):
+                p = body.wall_point(z, angle, -1.0, inset_mm=depth * shape["a"] * s)
+                if p[1] <= sk.center(z)[1] + 20.0:
+                    break
         return p
 
     return _placed(
         rng, "spleen", "spleen", shape, volume, axes, center, rng.uniform(35, 50), rng.uniform(2, 4.5)
     )
-
-
-def sample_kidneys(
-    rng: np.random.Generator, sk: Skeleton, body: Body, spleen: Organ, muscles: dict
-) -> dict[str, Organ]:
-    """Both kidneys (``kidney_right``, ``kidney_left``): beans with cortex, pyramids and sinus, beside the psoas,
-    the left one below the spleen, the right one lower still; sometimes cysts."""
-    # hilum at L1-L2, the left kidney's centre 42-60 mm below the spleen's (real label maps: 44-52 mm), the
-    # right kidney 20-50 mm lower than the left (the liver above it); poles near T12 and L3 (bench_anatomy.py)
-    z_left = float(np.clip(spleen.center[2] - rng.uniform(42, 60), sk.z("L2") - 5, sk.z("L1") - 4))
-    z_right = float(np.clip(z_left - rng.uniform(20, 50), 0.5 * (sk.z("L2") + sk.z("L3")), sk.z("L2") + 5))
-    out = {}
-    for side, z in ((1.0, z_right), (-1.0, z_left)):
-        shape = {
-            "a": rng.uniform(26, 32),
-            "b": rng.uniform(22, 28),
-            "c": rng.uniform(40, 48),  # real kidneys: 95-110 mm long (TotalSegmentator maps)
-            "bend": rng.uniform(0.1, 0.25),
-        }
-        shape.update(
-            cortex=rng.uniform(5, 8), pyramids=int(rng.integers(4, 7)), phase=rng.uniform(0, 2 * np.pi)
-        )
-        axes = mirror_x(side) @ rotation(rng.uniform(5, 20), -rng.uniform(8, 20), -rng.uniform(20, 40))
-        x, y = rng.uniform(62, 80), rng.uniform(-12, 8)
-        psoas = psoas_edge_mm(body, sk, muscles, z)
-        overlap = rng.uniform(0.3, 0.6)  # of the half-width: the medial edge may lie on the psoas
-
-        def center(s, x=x, y=y, z=z, side=side, psoas=psoas, overlap=overlap, a=shape["a"]):
-            return [side * max(x, psoas + (1 - overlap) * a * s), y, z]
-
-        cysts = []
-        if rng.random() < 0.12:
-            for _ in range(int(rng.integers(1, 3))):
-                d = rng.normal(size=3)
-                d[0] = abs(d[0])
-                cysts.append((d / np.linalg.norm(d), rng.uniform(5, 18)))
-        name = "kidney_right" if side > 0 else "kidney_left"
-        out[name] = _placed(
-            rng,
-            "kidney",
-            name,
-            shape,
-            rng.uniform(115, 230) * KIDNEY_LOSS,
-            axes,
-            center,
-            rng.uniform(25, 40),
-            rng.uniform(1.5, 3.5),
-            cysts=cysts,
-        )
-    return out
 
 
 def sample_gallbladder(rng: np.random.Generator, liver: Organ) -> Organ | None:

@@ -16,9 +16,15 @@ from organseg.phantom.fields import box_around, ellipsoid, local_coords, rotatio
 from organseg.phantom.tissues import RIB_NUMBERS, VERTEBRAE, Tissue
 
 LEVELS: tuple[str, ...] = VERTEBRAE + ("S1",)
-_RIB_DROP = {6: 70, 7: 80, 8: 82, 9: 78, 10: 68, 11: 42, 12: 24}  # mm the rib falls from head to tip
+# Ribs fall steeply along their course: at the posterior axillary line ribs 9-11 lie 1.5-2.5 vertebral levels below
+# their heads and rib 10 ends near L2 (TotalSegmentator s0011, both sides; bench_anatomy.py), so the spleen lies
+# against ribs 9-11. Height (mm) a rib falls from its angle to its tip (linear in the angle around the body) ...
+_RIB_DROP = {6: 120, 7: 130, 8: 135, 9: 125, 10: 130, 11: 95, 12: 45}
+# ... and the lower ribs' extra fall between the tubercle and the angle (mm)
+_RIB_NECK = {9: 10, 10: 20, 11: 28, 12: 32}
 _RIB_END = {6: 168, 7: 160, 8: 150, 9: 140, 10: 128, 11: 105, 12: 78}  # tip angle, deg from posterior
-_CARTILAGE = {6: (12, 0), 7: (22, 18), 8: (40, 30), 9: (56, 36), 10: (70, 40)}  # tip -> (x, rise) mm
+# tip -> (x, rise) mm: the cartilages of ribs 6-7 climb back to the sternum, those of 8-10 make the costal margin
+_CARTILAGE = {6: (12, 45), 7: (22, 60), 8: (40, 30), 9: (56, 36), 10: (70, 40)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class Skeleton:
 
     def ry(self, level: str) -> float:
         return float(self.ry_mm[self.index(level)])
+
+    def level_z(self, level: float) -> float:
+        """z (mm) of a continuous vertebral level, T12 = 0, L1 = 1, T11 = -1 (``anatomy_stats``' convention)."""
+        return float(np.interp(LEVELS.index("T12") + level, np.arange(len(LEVELS)), self.z_mm))
 
     def center(self, z: float) -> tuple[float, float]:
         """(x, y) of the vertebral-body centre line at height ``z``."""
@@ -251,11 +261,10 @@ def rib_paths(sk: Skeleton, body) -> list[tuple[str, float, int, np.ndarray, np.
             head = [xc + side * (sk.rx(level) + 3), yc - 4, z0]
             tubercle = [xc + side * (sk.canal_mm + sk.arch_mm + 20), yc - 22, z0 - 2]
             phi0, phi1 = 52.0, _RIB_END[n] * (0.96 + 0.04 * jit[0])
-            drop = _RIB_DROP[n] * jit[1]
             pts = [head, tubercle]
             for f in np.linspace(0, 1, 7):
                 phi = phi0 + f * (phi1 - phi0)
-                z = z0 - 6 - drop * f**1.25
+                z = z0 - 6 - (_RIB_NECK.get(n, 0) + _RIB_DROP[n] * f) * jit[1]
                 pts.append(body.wall_point(z, phi, side, inset_mm=-4.0))
             pts = smooth_polyline(np.asarray(pts), 1)
             cart = None

@@ -69,9 +69,10 @@ class Thorax:
 def sample_dome(rng: np.random.Generator, sk: Skeleton, body: Body) -> Dome:
     """Peaks near T9-T10 (right) and 1-2 cm lower (left); recess depths (mm) set at the body wall."""
     u = rng.uniform
-    # breath-hold depth moves the dome several cm; the right dome's peak sits near T9-T10 on CT (inspiration),
-    # so the liver's top lies ~105-120 mm above the right kidney's (bench_anatomy.py: real label maps)
-    z_right = sk.z("T10") + u(5, 40)
+    # breath-hold depth moves the dome several cm; the right dome's peak sits near T9-T10 on CT (inspiration;
+    # s0011: ~20 mm above T10), high enough for the liver's top to lie 90-135 mm above the right kidney's
+    # (bench_anatomy.py: real label maps)
+    z_right = sk.z("T10") + u(15, 45)
     right = np.array([u(40, 70), u(0, 30), z_right])
     side = body.inner_half_width(z_right - 40) - right[0]
     front = body.wall_point(z_right - 40, 180, 1.0)[1] - right[1]
