@@ -134,18 +134,8 @@ def run_organseg(res: Results, a, train_dir: Path, cases: dict, env: dict[str, s
 
     def predict(image: Path, name: str) -> tuple[list[str], Path]:
         mask = out / f"{name}.nii.gz"
-        return [
-            *py,
-            "infer",
-            "--input",
-            str(image),
-            "--output",
-            str(mask),
-            "--model",
-            str(run),
-            "--threads",
-            str(a.threads),
-        ], mask
+        args = ["infer", "--input", str(image), "--output", str(mask), "--model", str(run)]
+        return [*py, *args, "--threads", str(a.threads)], mask
 
     infer_all(res, "organseg", cases, predict, env, a.work / "logs")
 
@@ -209,16 +199,8 @@ def run_monai(res: Results, a, train_dir: Path, split: dict, cases: dict, env: d
 
     def predict(image: Path, name: str) -> tuple[list[str], Path]:
         mask = out / "pred" / f"{name}.nii.gz"
-        return [
-            *py,
-            "infer",
-            "--weights",
-            str(out / "weights.pt"),
-            "--input",
-            str(image),
-            "--output",
-            str(mask),
-        ], mask
+        args = ["infer", "--weights", str(out / "weights.pt"), "--input", str(image), "--output", str(mask)]
+        return [*py, *args, "--threads", str(a.threads)], mask
 
     infer_all(res, "monai", cases, predict, env, a.work / "logs")
 
