@@ -121,7 +121,9 @@ class SyntheticConfig:
     seed: int = 1000
     pool_size: int = 16
     refresh_per_epoch: int = 4
-    perirenal_fat: bool = False  # phantom kidneys wrapped in fat (``phantom.generate_case(perirenal_fat=...)``)
+    perirenal_fat: bool = (
+        False  # phantom kidneys wrapped in fat (``phantom.generate_case(perirenal_fat=...)``)
+    )
     workers: int = 0  # processes that generate phantoms ahead of the epoch that needs them (0: in-process)
     wild_fraction: float = 0.0  # share of phantoms with every tissue's HU drawn independently (phase "wild")
     # label-map training mix (``phantom.labelmaps``): this share of the pool is rendered from these maps
@@ -234,7 +236,7 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _fail(source, key, f"expected a mapping, got {value!r}")
-        return _build(tp, value, source, key)
+        return build_dataclass(tp, value, source, key)
     if origin is Literal:
         if isinstance(value, bool) and ("off" if not value else "on") in args:
             value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
@@ -308,7 +310,7 @@ def _labels_from(value: Any, source: str, key: str) -> LabelMap:
     return LabelMap(names=tuple(names))
 
 
-def _build(cls: type, data: dict, source: str, prefix: str = "") -> Any:
+def build_dataclass(cls: type, data: dict, source: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -401,7 +403,7 @@ def config_from_dict(data: dict, source: str = "<config>") -> Config:
     """Build and validate a ``Config`` from a plain mapping; ``source`` names it in errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
-    return _build(Config, data, source)
+    return build_dataclass(Config, data, source)
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

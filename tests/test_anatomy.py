@@ -25,7 +25,7 @@ from organseg.phantom.anatomy_stats import (
     measure_phantom,
     phantom_structure,
 )
-from organseg.phantom.dataset import _streams
+from organseg.phantom.dataset import case_streams
 from organseg.phantom.tissues import STRUCTURES
 
 SEEDS = range(12)
@@ -92,7 +92,7 @@ def test_organs_on_their_anatomical_side_in_world_space():
 def test_measured_dome_is_the_generators_dome():
     """The lung-base dome measurement finds the diaphragm the generator drew (within a voxel or two)."""
     seed = 5
-    anatomy = sample_anatomy(_streams(seed)[0])
+    anatomy = sample_anatomy(case_streams(seed)[0])
     structure, affine = phantom_structure(seed, spacing_mm=3.0)
     stats = measure_phantom(structure, affine)
     dome = anatomy.thorax.dome  # patient frame; the difference of two heights needs no world offset

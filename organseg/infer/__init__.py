@@ -172,7 +172,7 @@ def check_ct_intensities(array: np.ndarray, body_threshold_hu: float = -500.0) -
 # --------------------------------------------------------------------------------------- inputs/outputs
 
 
-def _list_cases(input_path: Path) -> tuple[list[Path], bool]:
+def list_cases(input_path: Path) -> tuple[list[Path], bool]:
     """``(inputs, batch)``: the case paths, and whether ``input_path`` is a folder of CT files."""
     if not input_path.exists():
         raise InputError(f"{input_path}: no such file or folder")
@@ -217,7 +217,7 @@ class _Plan:
 
 
 def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) -> tuple[list[_Plan], bool]:
-    inputs, batch = _list_cases(input_path)
+    inputs, batch = list_cases(input_path)
     to_folder = batch or not io.is_nifti(output)
     if to_folder:
         if output.exists() and not output.is_dir():

@@ -148,14 +148,14 @@ def segment_share(
     Returns:
         ``segment``'s ``SegmentResult`` for this share.
     """
-    from organseg.infer import _list_cases, outputs, segment
+    from organseg.infer import list_cases, outputs, segment
     from organseg.io import case_name
 
     launched = ctx is not None and ctx.distributed
     if launched and shard is not None:
         raise ConfigError("--shard: not under torchrun, which already splits the cases over its processes")
     k, n = (ctx.rank, ctx.world_size) if launched else shard or (0, 1)
-    inputs, batch = _list_cases(Path(input))
+    inputs, batch = list_cases(Path(input))
     if not batch:
         if launched and ctx.rank != 0:
             raise SystemExit(ConfigError.exit_code)  # rank 0 says why, once

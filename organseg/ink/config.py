@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 # The project's converter: type checks, YAML lists to tuples, unknown keys named (organseg/config.py).
-from organseg.config import CONFIG_DIR, _build, config_to_dict
+from organseg.config import CONFIG_DIR, build_dataclass, config_to_dict
 from organseg.errors import ConfigError
 
 
@@ -197,7 +197,7 @@ def ink_config_from_dict(data: Any, source: str = "<ink config>") -> InkConfig:
     """Build and validate an ``InkConfig`` from a plain mapping; ``source`` names it in errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
-    cfg = _build(InkConfig, data, source)
+    cfg = build_dataclass(InkConfig, data, source)
     _check(cfg, source)
     return cfg
 

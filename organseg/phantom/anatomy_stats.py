@@ -284,19 +284,19 @@ def phantom_structure(
     from organseg.phantom.anatomy import rasterize, sample_anatomy
     from organseg.phantom.dataset import (
         DEFAULT_MAX_VOXELS,
-        _build_scene,
-        _draw_variants,
-        _streams,
+        build_scene,
+        case_streams,
         check_options,
+        draw_variants,
     )
     from organseg.phantom.fields import Grid
 
     whole = fov == "whole"
     check_options("random", "RAS", None if whole else fov)
-    anat_rng, geom_rng, _, _, var_rng = _streams(seed)
-    draw = _draw_variants(var_rng, variants)
+    anat_rng, geom_rng, _, _, var_rng = case_streams(seed)
+    draw = draw_variants(var_rng, variants)
     if not whole:
-        scene = _build_scene(
+        scene = build_scene(
             anat_rng, geom_rng, spacing_mm, None, fov, DEFAULT_MAX_VOXELS, perirenal_fat, draw
         )
         grid, offset, structure = scene.grid, scene.world_offset_mm, scene.structure

@@ -64,14 +64,14 @@ class _Scene:
     fixed_hu: dict = field(default_factory=dict)
 
 
-def _streams(seed: int | np.random.Generator) -> list[np.random.Generator]:
+def case_streams(seed: int | np.random.Generator) -> list[np.random.Generator]:
     root = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     return root.spawn(
         5
     )  # anatomy, geometry, appearance, orientation, variants (the first four as with spawn(4))
 
 
-def _draw_variants(rng: np.random.Generator, options: variants_mod.Variants | None) -> variants_mod.Draw:
+def draw_variants(rng: np.random.Generator, options: variants_mod.Variants | None) -> variants_mod.Draw:
     return options.draw(rng) if options is not None and options.any else variants_mod.NONE
 
 
@@ -156,7 +156,7 @@ def _choose_grid(rng, anatomy: Anatomy, spacing_mm, shape, fov, max_voxels) -> t
     return grid, {"fov": fov_name, "spacing_mm": [round(v, 4) for v in spacing], "shape": list(grid.shape)}
 
 
-def _build_scene(
+def build_scene(
     anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat=False, variant=variants_mod.NONE
 ) -> _Scene:
     anatomy = sample_anatomy(anat_rng, perirenal_fat=perirenal_fat, variant=variant)
@@ -201,7 +201,7 @@ def _reorient(arrays: list[np.ndarray], affine: np.ndarray, orientation: str):
     return [np.ascontiguousarray(apply_orientation(a, ornt)) for a in arrays], new_affine
 
 
-def _finish(
+def finish_case(
     scene: _Scene, app_rng, orient_rng, orientation: str, phase: str, labels: LabelMap, artefacts: bool
 ) -> Phantom:
     grid = scene.grid
@@ -245,10 +245,10 @@ def generate_phantom(
 ) -> Phantom:
     """One case with everything it was made from (see ``generate_case`` for the arguments)."""
     check_options(phase, orientation, fov)
-    anat_rng, geom_rng, app_rng, orient_rng, var_rng = _streams(seed)
-    draw = _draw_variants(var_rng, variants)
-    scene = _build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat, draw)
-    phantom = _finish(scene, app_rng, orient_rng, orientation, phase, labels, artefacts)
+    anat_rng, geom_rng, app_rng, orient_rng, var_rng = case_streams(seed)
+    draw = draw_variants(var_rng, variants)
+    scene = build_scene(anat_rng, geom_rng, spacing_mm, shape, fov, max_voxels, perirenal_fat, draw)
+    phantom = finish_case(scene, app_rng, orient_rng, orientation, phase, labels, artefacts)
     if not isinstance(seed, np.random.Generator):
         phantom.info["seed"] = int(seed)
     return phantom
@@ -372,12 +372,12 @@ def synthesize(
             for stale in (out / sub).glob("phantom_*.nii.gz"):
                 if stale.name not in keep:
                     stale.unlink()
-    io.atomic_write_json(out / "dataset.json", _dataset_json(names, labels, seed), overwrite=True)
+    io.atomic_write_json(out / "dataset.json", dataset_json(names, labels, seed), overwrite=True)
     io.atomic_write_json(out / "phantoms.json", records, overwrite=True)
     return images
 
 
-def _dataset_json(names: list[str], labels: LabelMap, seed: int) -> dict:
+def dataset_json(names: list[str], labels: LabelMap, seed: int) -> dict:
     return {
         "name": "organseg-phantoms",
         "description": f"Synthetic abdominal CT phantoms (organseg), seed {seed}",

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from organseg import io
 from organseg.config import LabelMap
 from organseg.errors import ConfigError, OutputError
-from organseg.phantom.dataset import _dataset_json, case_rng
+from organseg.phantom.dataset import case_rng, dataset_json
 from organseg.phantom.labelmaps import render_label_map
 from organseg.phantom.labelmaps_io import load_label_map
 
@@ -74,7 +74,7 @@ def synthesize_from_labels(
             )
         images.append(out / "imagesTr" / f"{name}.nii.gz")
         records.append({"case": name, "seed": seed, "index": i, **info})
-    meta = _dataset_json(names, labels, seed)
+    meta = dataset_json(names, labels, seed)
     meta.update(
         name="organseg-labelmap-synth",
         description=f"Synthetic CT rendered from label maps {', '.join(str(p) for p in paths)} (organseg), seed {seed}",

@@ -15,7 +15,7 @@ import numpy as np
 import torch.utils.data
 
 from organseg.config import LabelMap
-from organseg.phantom.dataset import _build_scene, _draw_variants, _finish, check_options
+from organseg.phantom.dataset import build_scene, check_options, draw_variants, finish_case
 from organseg.phantom.variants import Variants
 
 
@@ -83,13 +83,15 @@ class PhantomStream(torch.utils.data.IterableDataset):
     def anatomy_items(self, a: int) -> Iterator[dict]:
         """The ``appearances_per_anatomy`` items of anatomy ``a`` (deterministic)."""
         anat_rng, geom_rng, var_rng = np.random.default_rng([self.seed, self.rank, a, 0]).spawn(3)
-        scene = _build_scene(
+        scene = build_scene(
             anat_rng, geom_rng, self.spacing_mm, self.shape, self.fov,
-            max_voxels=10**9, perirenal_fat=self.perirenal_fat, variant=_draw_variants(var_rng, self.variants),
+            max_voxels=10**9, perirenal_fat=self.perirenal_fat, variant=draw_variants(var_rng, self.variants),
         )  # fmt: skip
         for j in range(self.appearances):
             app_rng, orient_rng = np.random.default_rng([self.seed, self.rank, a, j + 1]).spawn(2)
-            p = _finish(scene, app_rng, orient_rng, self.orientation, self.phase, self.labels, self.artefacts)
+            p = finish_case(
+                scene, app_rng, orient_rng, self.orientation, self.phase, self.labels, self.artefacts
+            )
             yield {
                 "image": p.image.array[None].astype(np.float32),
                 "label": p.label.array[None],

@@ -4,7 +4,7 @@ Real scans are not all a whole abdomen centred in the field of view: a 20-60 mm 
 CT table under the back, a body wider than the reconstruction circle, a patient lying a few degrees rotated,
 positive oral contrast in the bowel beside the spleen, small or very large livers and spleens. ``Variants`` says
 how often each happens (a probability per phantom, 0 = never, 1 = always); ``Variants.draw`` decides, for one
-phantom, from that phantom's own random stream (``dataset._streams``), so each seed still gives one fixed phantom,
+phantom, from that phantom's own random stream (``dataset.case_streams``), so each seed still gives one fixed phantom,
 and every parameter is drawn whether or not its variant is on (switching one variant never changes another).
 
 Geometry is in the patient frame (mm, RAS axes: +x the patient's right, +y anterior, +z superior). With every
