@@ -11,7 +11,7 @@ Data: the phantoms of ``organseg demo`` (``organseg.pipeline``): 16 training pha
 the real CT ``../shared/data/totalseg-example`` (scored against TotalSegmentator's labels). Every method
 trains on organseg's fold-0 split of the 16 (the demo's 8 folds: 14 training, 2 validation cases).
 
-Methods (each command is a child process timed with ``os.wait4``: wall s, peak RSS of its largest process):
+Methods (each command is a child process timed under GNU ``/usr/bin/time``: wall s, peak RSS of its largest process):
 - ``organseg``: ``organseg demo``'s training (``configs/demo.yaml``, fold 0; ``peers/organseg_side.py``),
   then ``organseg infer`` with that run; its training wall time is the budget of the others unless
   ``--train-minutes`` is given. ``builtin``: ``organseg infer`` with the built-in model, no training.
@@ -257,7 +257,7 @@ TTA; plain MONAI = MONAI's UNet (16-256, 2 residual units, batch norm), LoadImag
 ScaleIntensityRanged/CropForegroundd cached, RandCropByPosNegLabeld 64^3, DiceCELoss, Adam 1e-3 until the budget,
 sliding_window_inference (overlap 0.25) + Invertd. Inference: one fresh process per case (start-up and model load
 included); Dice by `organseg.metrics.evaluate` in world space (real CT: `ref_map="totalsegmentator"`); peak RSS is
-the largest single process of the step (`os.wait4`)."""
+the largest single process of the step (GNU `/usr/bin/time`, `%M`)."""
 
 
 def notes(res: Results, a) -> str:
