@@ -78,6 +78,7 @@ def labels_by(method: str, probs: torch.Tensor, prep, native) -> np.ndarray:
 def cases(n_phantoms: int):
     """(name, image Volume, reference ids on the image grid, organs to score)."""
     from organseg import io
+    from organseg.config import LabelMap
     from organseg.labels import parse_label_map, remap_labels
     from organseg.metrics import align_reference
     from organseg.phantom import generate_case
@@ -90,8 +91,6 @@ def cases(n_phantoms: int):
     if dicom.exists():
         image = io.read_image(dicom, kind="ct")
         ref = io.read_image(dicom.parent / "seg_totalsegmentator.nii.gz")
-        from organseg.config import LabelMap
-
         ids = remap_labels(ref.array, parse_label_map("totalsegmentator", LabelMap(), "ref_map"), ref.source)
         on_ct = align_reference(io.Volume(ids, ref.affine, ref.source), image)
         yield "DICOM series", image, on_ct, ("liver", "spleen")

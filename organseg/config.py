@@ -121,9 +121,7 @@ class SyntheticConfig:
     seed: int = 1000
     pool_size: int = 16
     refresh_per_epoch: int = 4
-    perirenal_fat: bool = (
-        False  # phantom kidneys wrapped in fat (``phantom.generate_case(perirenal_fat=...)``)
-    )
+    perirenal_fat: bool = False  # phantom kidneys wrapped in fat (``phantom.generate_case(perirenal_fat)``)
     workers: int = 0  # processes that generate phantoms ahead of the epoch that needs them (0: in-process)
     wild_fraction: float = 0.0  # share of phantoms with every tissue's HU drawn independently (phase "wild")
     # label-map training mix (``phantom.labelmaps``): this share of the pool is rendered from these maps

@@ -411,8 +411,6 @@ def segment(
             device,
             convert=model is None,  # the built-in model: converted once, on first use
         )
-        # Read the first CT while MONAI is still importing: decompression releases the GIL.
-        first = _read_case(plans[0], series_uid) if plans else None
     finally:
         if prefetch is not None:  # the cases import MONAI: never while the thread is importing it
             prefetch.join()
@@ -437,7 +435,7 @@ def segment(
             from tqdm import tqdm
 
             iterator = tqdm(plans, desc="cases", unit="case")
-        for i, plan in enumerate(iterator):
+        for plan in iterator:
             results.append(
                 _segment_case(
                     plan,
@@ -456,10 +454,8 @@ def segment(
                     progress=progress and not batch,
                     dicom_seg=dicom_seg,
                     nifti="nifti" in types,
-                    read=first if i == 0 else None,
                 )
             )
-            first = None
     return SegmentResult(
         cases=results,
         models=files,
@@ -482,15 +478,6 @@ def _warn(message: str, collected: list[str]) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def _read_case(plan: _Plan, series_uid: str | None) -> tuple[io.Volume, list[str], float]:
-    """``(volume, warnings, seconds)``: the CT of ``plan`` read, its read warnings collected."""
-    t = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        vol = io.read_image(plan.input, series_uid=series_uid, kind="ct")
-    return vol, [str(w.message) for w in caught], time.perf_counter() - t
-
-
 def _segment_case(
     plan: _Plan,
     nets: list,
@@ -509,18 +496,19 @@ def _segment_case(
     progress: bool,
     dicom_seg: Path | None = None,
     nifti: bool = True,
-    read: tuple[io.Volume, list[str], float] | None = None,
 ) -> CaseResult:
     timings: dict[str, float] = {}
     notes: list[str] = []
     labels = cfg.labels
-    vol, read_warnings, read_s = read if read is not None else _read_case(plan, series_uid)
     t = time.perf_counter()
-    for message in read_warnings:
-        _warn(message, notes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vol = io.read_image(plan.input, series_uid=series_uid, kind="ct")
+    for w in caught:
+        _warn(str(w.message), notes)
     for reason in check_ct_intensities(vol.array, cfg.preprocess.body_threshold_hu):
         _warn(f"{vol.source}: {reason}", notes)
-    timings["read"] = read_s + time.perf_counter() - t
+    timings["read"] = time.perf_counter() - t
 
     t = time.perf_counter()
     native = Grid(vol.shape, np.asarray(vol.affine, dtype=np.float64))
