@@ -66,6 +66,7 @@ from organseg.infer.shard import is_done, shard_of
 from organseg.infer.sliding import predict_probabilities
 from organseg.infer.tta import parse_tta
 from organseg.modelstore import default_model, load_model_file, resolve_model_files
+from organseg.readahead import GunzipAhead
 from organseg.runtime import cpu_threads, resolve_device
 
 __all__ = ["CaseResult", "SegmentResult", "check_ct_intensities", "default_model", "segment"]
@@ -264,23 +265,37 @@ def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) 
 
 #: Modules the first case needs after reading its CT, imported in a background thread meanwhile.
 PREFETCH_MODULES = ("monai.inferers", "organseg.transforms")
+#: Optional extras that importing MONAI pulls in eagerly and segmentation never uses: matplotlib (its
+#: notebook plots) and scipy.signal (ultrasound confidence maps, notch filters). About 0.6 s of MONAI's
+#: 1.5 s import on 2 cores (BENCHMARKS.md, "CPU speed, start-up").
+LEAN_SKIPPED = ("matplotlib", "scipy.signal")
 
 
-def _prefetch_imports() -> threading.Thread | None:
+def _prefetch_imports(lean: bool = False) -> threading.Thread | None:
     """Start importing ``PREFETCH_MODULES`` in a daemon thread; the thread (``None``: nothing to do).
 
     MONAI takes about 2 s to import; meanwhile the main thread loads the models (safetensors, and
     OpenVINO's compile, which runs in native threads). The caller joins the thread before anything that
     imports MONAI itself: a package imported from two threads at once can see its circular imports
-    half-done."""
+    half-done. ``lean``: MONAI is imported with ``LEAN_SKIPPED`` marked missing (``None`` in
+    ``sys.modules``, so its optional imports fall back); the marks are removed when the thread ends, so
+    later imports of those modules work as usual."""
 
     def run() -> None:
-        for name in PREFETCH_MODULES:
-            with contextlib.suppress(Exception):  # the main thread's own import reports any error
-                importlib.import_module(name)
+        try:
+            for name in PREFETCH_MODULES:
+                with contextlib.suppress(Exception):  # the main thread's own import reports any error
+                    importlib.import_module(name)
+        finally:
+            for name in blocked:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
 
     if all(name in sys.modules for name in PREFETCH_MODULES):
         return None
+    blocked = [n for n in LEAN_SKIPPED if n not in sys.modules] if lean and "monai" not in sys.modules else []
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError
     thread = threading.Thread(target=run, name="organseg-prefetch", daemon=True)
     thread.start()
     return thread
@@ -322,6 +337,8 @@ def segment(
     shard: tuple[int, int] | None = None,
     skip_existing: bool = False,
     backend: str = "torch",
+    prefetched: GunzipAhead | None = None,
+    lean_imports: bool = False,
 ) -> SegmentResult:
     """Segment one CT (file, DICOM folder or zip) or a folder of CT files; masks land on the input grids.
 
@@ -364,6 +381,11 @@ def segment(
             size-balanced); ``ConfigError`` for a single case.
         skip_existing: skip cases whose run manifest (written last) exists; redo the others, replacing
             the partial outputs a crash left, so a rerun finishes an interrupted batch.
+        prefetched: the input ``.nii.gz`` already being inflated in the background
+            (``readahead.GunzipAhead``, started by ``organseg infer`` before its imports).
+        lean_imports: import MONAI without its optional plotting (matplotlib) and ``scipy.signal``
+            extras, which segmentation never uses; for a process that only segments (``organseg
+            infer``). MONAI's plotting helpers and signal transforms stay unavailable in that process.
 
     Returns:
         ``SegmentResult`` with the paths written, organ volumes, timings and warnings per case.
@@ -396,7 +418,7 @@ def segment(
     plans = [p for p in plans if p.case not in skipped]
     overwrite = overwrite or skip_existing  # what is left to do is missing or was cut off
     device = str(resolve_device(device))
-    prefetch = _prefetch_imports()
+    prefetch = _prefetch_imports(lean=lean_imports)
     try:
         model_path = default_model() if model is None else Path(model)
         files = resolve_model_files(model_path, folds)
@@ -454,6 +476,7 @@ def segment(
                     progress=progress and not batch,
                     dicom_seg=dicom_seg,
                     nifti="nifti" in types,
+                    prefetched=prefetched,
                 )
             )
     return SegmentResult(
@@ -496,6 +519,7 @@ def _segment_case(
     progress: bool,
     dicom_seg: Path | None = None,
     nifti: bool = True,
+    prefetched: GunzipAhead | None = None,
 ) -> CaseResult:
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -503,7 +527,7 @@ def _segment_case(
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        vol = io.read_image(plan.input, series_uid=series_uid, kind="ct")
+        vol = io.read_image(plan.input, series_uid=series_uid, kind="ct", prefetched=prefetched)
     for w in caught:
         _warn(str(w.message), notes)
     for reason in check_ct_intensities(vol.array, cfg.preprocess.body_threshold_hu):

@@ -11,6 +11,7 @@ import numpy as np
 from organseg.errors import InputError
 from organseg.io.checks import check_declared_size, check_shape, checked_affine, first_line, narrow, sniff
 from organseg.io.volume import Volume
+from organseg.readahead import GunzipAhead
 
 
 def open_nifti(path: Path) -> nib.Nifti1Image:
@@ -32,7 +33,8 @@ def open_nifti(path: Path) -> nib.Nifti1Image:
     return img
 
 
-def read_nifti_file(path: Path) -> Volume:
+def read_nifti_file(path: Path, prefetched: GunzipAhead | None = None) -> Volume:
+    """Read a NIfTI file; ``prefetched``: its bytes already being inflated in the background (optional)."""
     img = open_nifti(path)
     check_shape(path, img.shape)
     dtype = img.get_data_dtype()
@@ -42,8 +44,13 @@ def read_nifti_file(path: Path) -> Volume:
     declared = proxy.offset + math.prod(img.shape) * dtype.itemsize
     check_declared_size(path, declared, compressed=path.name.lower().endswith(".gz"))
     affine = checked_affine(path, img.affine)
+    data = prefetched.take(path) if prefetched is not None else None
     try:
-        raw = np.asanyarray(proxy.get_unscaled())
+        if data is not None and data.size >= declared:
+            # The same view of the same bytes that nibabel's reader builds (``array_from_file``).
+            raw = data[proxy.offset : declared].view(dtype).reshape(img.shape, order="F")
+        else:
+            raw = np.asanyarray(proxy.get_unscaled())
     except MemoryError:
         raise InputError(f"{path}: too large to load into memory (shape {img.shape})") from None
     except Exception as err:  # EOFError, zlib.error, OSError on truncated or corrupt data

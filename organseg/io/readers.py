@@ -14,11 +14,17 @@ from organseg.io.dicom import dicom_folder_info, read_dicom_folder, read_dicom_z
 from organseg.io.itk import itk_dtype, itk_info, ras_affine, read_itk_file
 from organseg.io.nifti import open_nifti, read_nifti_file
 from organseg.io.volume import IMAGE_SUFFIXES, ITK_SUFFIXES, ImageInfo, Volume, is_nifti
+from organseg.readahead import GunzipAhead
 
 ImageKind = Literal["image", "ct", "mask"]
 
 
-def read_image(path: str | Path, series_uid: str | None = None, kind: ImageKind = "image") -> Volume:
+def read_image(
+    path: str | Path,
+    series_uid: str | None = None,
+    kind: ImageKind = "image",
+    prefetched: GunzipAhead | None = None,
+) -> Volume:
     """Read a 3D image from NIfTI, NRRD/NHDR, MHA/MHD, a DICOM series folder or a zip of one series.
 
     Args:
@@ -28,6 +34,8 @@ def read_image(path: str | Path, series_uid: str | None = None, kind: ImageKind 
         kind: ``"image"`` (any scalar 3D volume), ``"ct"`` (HU; warns when values do not look like HU)
             or ``"mask"`` (non-negative integer labels; float files holding integers are converted to
             the smallest unsigned type).
+        prefetched: a ``GunzipAhead`` of this ``.nii.gz`` started earlier: its inflated bytes are used
+            instead of reading the file again (same array; any problem falls back to the ordinary read).
 
     Returns:
         A ``Volume``: array in index order (i, j, k), affine voxel -> RAS+ mm. CT arrays are int16 or
@@ -50,7 +58,7 @@ def read_image(path: str | Path, series_uid: str | None = None, kind: ImageKind 
             raise InputError(f"{path}: a series UID only applies to a DICOM folder or zip")
         check_file(path)
         if is_nifti(path):
-            vol = read_nifti_file(path)
+            vol = read_nifti_file(path, prefetched)
         elif lower.endswith(ITK_SUFFIXES):
             vol = read_itk_file(path)
         else:
