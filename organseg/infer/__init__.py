@@ -54,6 +54,7 @@ import torch
 from organseg import io
 from organseg.config import Config, LabelMap, config_to_dict
 from organseg.errors import ConfigError, InputError, OutputError
+from organseg.fastgzip import GunzipAhead
 from organseg.geometry import Grid
 from organseg.infer import outputs
 from organseg.infer.backends import wrap_networks
@@ -66,7 +67,6 @@ from organseg.infer.shard import is_done, shard_of
 from organseg.infer.sliding import predict_probabilities
 from organseg.infer.tta import parse_tta
 from organseg.modelstore import default_model, load_model_file, resolve_model_files
-from organseg.readahead import GunzipAhead
 from organseg.runtime import cpu_threads, resolve_device
 
 __all__ = ["CaseResult", "SegmentResult", "check_ct_intensities", "default_model", "segment"]
@@ -382,7 +382,7 @@ def segment(
         skip_existing: skip cases whose run manifest (written last) exists; redo the others, replacing
             the partial outputs a crash left, so a rerun finishes an interrupted batch.
         prefetched: the input ``.nii.gz`` already being inflated in the background
-            (``readahead.GunzipAhead``, started by ``organseg infer`` before its imports).
+            (``fastgzip.GunzipAhead``, started by ``organseg infer`` before its imports).
         lean_imports: import MONAI without its optional plotting (matplotlib) and ``scipy.signal``
             extras, which segmentation never uses; for a process that only segments (``organseg
             infer``). MONAI's plotting helpers and signal transforms stay unavailable in that process.

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 
 from organseg.errors import InputError
+from organseg.fastgzip import GunzipAhead
 from organseg.io.checks import check_declared_size, check_shape, checked_affine, first_line, narrow, sniff
 from organseg.io.volume import Volume
-from organseg.readahead import GunzipAhead
 
 
 def open_nifti(path: Path) -> nib.Nifti1Image:

@@ -9,12 +9,12 @@ from typing import Literal
 import numpy as np
 
 from organseg.errors import InputError
+from organseg.fastgzip import GunzipAhead
 from organseg.io.checks import check_file, check_shape, checked_affine, sniff
 from organseg.io.dicom import dicom_folder_info, read_dicom_folder, read_dicom_zip
 from organseg.io.itk import itk_dtype, itk_info, ras_affine, read_itk_file
 from organseg.io.nifti import open_nifti, read_nifti_file
 from organseg.io.volume import IMAGE_SUFFIXES, ITK_SUFFIXES, ImageInfo, Volume, is_nifti
-from organseg.readahead import GunzipAhead
 
 ImageKind = Literal["image", "ct", "mask"]
 

@@ -1,13 +1,10 @@
-"""``organseg.readahead`` and the start-up shortcuts of ``organseg infer``: the CT inflated in the
-background, MONAI imported without its plotting extras, the process ending without teardown."""
+"""``organseg.fastgzip``: the CT inflated in the background (``GunzipAhead``) and masks deflated on two
+cores (``write_gzip``), byte-exact against Python's gzip, with the ordinary read as the fallback."""
 
 from __future__ import annotations
 
 import gzip
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -16,8 +13,9 @@ import pytest
 
 from organseg import io
 from organseg.errors import InputError
+from organseg.fastgzip import GunzipAhead, gunzip, write_gzip
 from organseg.io import nifti
-from organseg.readahead import GunzipAhead, gunzip
+from organseg.io.writers import fortran_copy
 
 
 def test_gunzip_equals_gzip_on_real_ct(real_ct):
@@ -29,7 +27,7 @@ def test_gunzip_equals_gzip_on_real_ct(real_ct):
 
 def test_gunzip_spans_several_chunks(monkeypatch):
     """Output assembled across many inflate calls is byte-exact (chunk edges inside the stream)."""
-    monkeypatch.setattr("organseg.readahead.CHUNK_BYTES", 1000)
+    monkeypatch.setattr("organseg.fastgzip.CHUNK_BYTES", 1000)
     rng = np.random.default_rng(0)
     raw = (rng.integers(0, 40, 300_000) * 7).astype(np.uint8).tobytes()  # compressible, not trivial
     out = gunzip(gzip.compress(raw))
@@ -106,72 +104,51 @@ def test_corrupt_prefetch_still_gives_the_one_line_error(tmp_path):
         nifti.read_nifti_file(path, ahead)
 
 
-_LEAN = textwrap.dedent(
-    """
-    import sys
-    import organseg.infer as oi
-    oi._prefetch_imports(lean=sys.argv[1] == "lean").join()
-    assert "monai.inferers" in sys.modules
-    print("matplotlib" in sys.modules, "scipy.signal" in sys.modules)
-    import matplotlib.pyplot, scipy.signal  # later imports work as usual
-    """
-)
+def test_write_gzip_is_one_ordinary_member(monkeypatch):
+    """Deflated in several pieces in parallel, the result is a single gzip member that inflates to the
+    same bytes (``gunzip`` refuses anything else) with the right CRC and size in its trailer."""
+    monkeypatch.setattr("organseg.fastgzip.PARALLEL_MIN_BYTES", 1000)
+    rng = np.random.default_rng(2)
+    raw = (rng.integers(0, 3, 2_000_003) * 40).astype(np.uint8).tobytes()
+    for workers in (1, 2, 3):
+        buf = io_bytes()
+        write_gzip(raw, buf, workers=workers)
+        blob = buf.getvalue()
+        assert gzip.decompress(blob) == raw
+        assert gunzip(blob).tobytes() == raw
 
 
-def test_lean_import_skips_monai_plotting_extras():
-    """Without ``lean`` MONAI imports matplotlib and scipy.signal (so the check below means something);
-    with it neither is loaded, and both import normally afterwards."""
-    seen = {}
-    for mode in ("full", "lean"):
-        run = subprocess.run(
-            [sys.executable, "-c", _LEAN, mode], capture_output=True, text=True, encoding="utf-8", timeout=300
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        seen[mode] = run.stdout.split()
-    assert seen == {"full": ["True", "True"], "lean": ["False", "False"]}
+def io_bytes():
+    import io as stdio
+
+    return stdio.BytesIO()
 
 
-_EXIT = textwrap.dedent(
-    """
-    import atexit, sys
-    atexit.register(lambda: print("teardown ran", flush=True))
-    from organseg.cli import main
-    main(sys.argv[1:])
-    """
-)
+@pytest.mark.parametrize("shape", [(33, 17, 5), (40, 40, 3), (16, 1, 7), (1, 50, 2)])
+def test_fortran_copy_equals_numpy(shape):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 255, shape).astype(np.uint8)
+    f = fortran_copy(a)
+    assert f.flags.f_contiguous and f.shape == a.shape and np.array_equal(f, a)
+    assert fortran_copy(np.asfortranarray(a)).flags.f_contiguous
 
 
-def test_infer_ends_without_teardown_after_writing(real_ct, tmp_path):
-    """``organseg infer`` ends the process once all is written (no atexit handlers run), with its summary
-    printed and exit status 0; a failing run still exits through the normal error path."""
+def test_written_mask_reads_back_everywhere(tmp_path):
+    """A mask big enough to be deflated in two pieces reads back voxel-exact in nibabel and SimpleITK,
+    on the input's grid."""
+    import SimpleITK as sitk
+
+    from organseg.io.volume import Volume
+    from organseg.io.writers import write_nifti
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((256, 256, 140), dtype=np.uint8)  # 9 MB: above PARALLEL_MIN_BYTES
+    mask[40:200, 30:180, 20:120] = rng.integers(0, 5, (160, 150, 100))
+    affine = np.array([[-0.7, 0, 0, 100], [0, -0.7, 0, 80], [0, 0, 1.5, -200], [0, 0, 0, 1]])
+    like = Volume(array=mask, affine=affine, source="like")
     out = tmp_path / "mask.nii.gz"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["infer", "--input", str(real_ct), "--output", str(out), "--backend", "torch"]
-    run = subprocess.run(
-        [sys.executable, "-c", _EXIT, *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=env,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "wrote" in run.stdout and "teardown ran" not in run.stdout
-    assert io.read_image(out).shape == io.read_image(real_ct).shape
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _EXIT,
-            "infer",
-            "--input",
-            str(tmp_path / "none.nii.gz"),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=300,
-    )
-    assert bad.returncode != 0 and "none.nii.gz: no such file" in bad.stderr
+    write_nifti(mask, like, out)
+    back = io.read_image(out)
+    assert np.array_equal(back.array, mask) and np.allclose(back.affine, affine)
+    itk = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))  # (k, j, i)
+    assert np.array_equal(itk.transpose(2, 1, 0), mask)
