@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "organseg"
 #: Components (``organseg.<name>``: a module or a subpackage), lowest layer first. A component may import
 #: only from its own layer or below; within a layer the cycle check keeps the arrows one way.
 LAYERS: list[set[str]] = [
-    {"errors", "version"},
+    {"errors", "version", "fastgzip"},
     {"labels", "geometry"},
     {"io"},
     {"config", "runtime"},
