@@ -675,7 +675,7 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Let glibc's malloc reuse freed memory instead of returning it to the kernel (Linux only).
 
     glibc maps every allocation above 32 MB afresh and unmaps it on free, so each large temporary
@@ -698,7 +698,7 @@ def _keep_freed_memory() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, print OrgansegErrors as one line, exit non-zero."""
     args = sys.argv[1:] if argv is None else argv
-    _keep_freed_memory()
+    keep_freed_memory()
     debug = "--debug" in args
     try:
         if cli.main(args=args, prog_name="organseg", standalone_mode=False) is SKIP_TEARDOWN:

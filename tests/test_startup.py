@@ -86,8 +86,8 @@ _FAULTS = textwrap.dedent(
     import resource, sys
     import torch
     if sys.argv[1] == "keep":
-        from organseg.cli import _keep_freed_memory
-        _keep_freed_memory()
+        from organseg.cli import keep_freed_memory
+        keep_freed_memory()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(20):  # a 100 MB temporary, allocated, touched and freed twenty times
         torch.ones(100 << 20, dtype=torch.uint8)
@@ -97,7 +97,7 @@ _FAULTS = textwrap.dedent(
 
 
 def test_cli_keeps_freed_memory_for_reuse():
-    """After ``_keep_freed_memory`` a repeated 100 MB temporary reuses its pages; with glibc's defaults
+    """After ``keep_freed_memory`` a repeated 100 MB temporary reuses its pages; with glibc's defaults
     every one is mapped afresh and faulted in 4 KB at a time (25 600 faults each, where glibc keeps them after a few rounds; torch's allocator asks
     for no huge pages). Checked against the default, so the test means something on this libc."""
     faults = {}

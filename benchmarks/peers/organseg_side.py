@@ -1,7 +1,8 @@
 """organseg in a child process with a fixed thread count: ``organseg demo``'s training, ``organseg infer``.
 
 The same calls the commands make (``organseg train --config demo --fold 0`` as ``organseg demo`` runs it;
-``organseg infer`` with its default ``auto`` backend), except that the torch thread count is fixed
+``organseg infer`` with its default ``auto`` backend, and the process settings of the ``organseg``
+command: ``cli.keep_freed_memory``, MONAI's lean import), except that the torch thread count is fixed
 (``--threads``) instead of adapting to the other load on the machine, so every peer gets the same budget.
 
 Usage::
@@ -44,6 +45,9 @@ def main() -> None:
     i.add_argument("--model", default=None, help="run folder (default: the built-in model)")
     i.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    from organseg.cli import keep_freed_memory
+
+    keep_freed_memory()  # as every ``organseg`` command does for its process
     if a.cmd == "train":
         train_demo(a.data, a.run, a.threads, a.epochs)
     else:
@@ -51,7 +55,7 @@ def main() -> None:
 
         segment(
             a.input, a.output, model=a.model, device="cpu", overwrite=True, progress=False,
-            threads=a.threads, backend="auto",
+            threads=a.threads, backend="auto", lean_imports=True,
         )  # fmt: skip
 
 
