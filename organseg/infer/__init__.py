@@ -267,7 +267,7 @@ def _plan(input_path: Path, output: Path, stats, rle, preview, overwrite: bool) 
 PREFETCH_MODULES = ("monai.inferers", "organseg.transforms")
 #: Optional extras that importing MONAI pulls in eagerly and segmentation never uses: matplotlib (its
 #: notebook plots) and scipy.signal (ultrasound confidence maps, notch filters). About 0.6 s of MONAI's
-#: 1.5 s import on 2 cores (BENCHMARKS.md, "CPU speed, start-up").
+#: 1.5 s import on 2 cores (BENCHMARKS.md, "CPU speed, start-up and exit").
 LEAN_SKIPPED = ("matplotlib", "scipy.signal")
 
 

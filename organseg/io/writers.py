@@ -80,8 +80,10 @@ def fortran_copy(array: np.ndarray) -> np.ndarray:
 
 
 def _save(img: nib.Nifti1Image, path: Path) -> None:
-    """``nib.save``, with ``.nii.gz`` deflated on two cores (``fastgzip.write_gzip``): the same bytes
-    inflated, one ordinary gzip member, level 1 as nibabel's default."""
+    """``nib.save`` for label masks, with ``.nii.gz`` deflated on two cores (``fastgzip.write_gzip``): the
+    same bytes inflated, one ordinary gzip member, level 1 as nibabel's default. The file is built in
+    memory first (one byte per voxel: 79 MB for 512 x 512 x 300), so larger maps go through ``nib.save``,
+    which streams them."""
     if path.name.endswith(".nii.gz"):
         with open(path, "wb") as f:
             write_gzip(img.to_bytes(), f, level=1, workers=2)
@@ -93,9 +95,13 @@ def write_nifti(array: np.ndarray, like: Volume, path: str | Path, overwrite: bo
     """Write ``array`` on ``like``'s exact grid (shape, affine, qform/sform codes), atomically."""
     if tuple(array.shape[:3]) != like.shape:
         raise ValueError(f"array shape {array.shape} does not match the grid {like.shape} of {like.source}")
-    img = _nifti_like(fortran_copy(array), like)
+    mask_like = array.ndim == 3 and array.dtype.itemsize == 1  # labels: the fast path of ``write_mask``
+    img = _nifti_like(fortran_copy(array) if mask_like else array, like)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        _save(img, tmp)
+        if mask_like:
+            _save(img, tmp)
+        else:
+            nib.save(img, str(tmp))  # streamed: no full-size copy of a float or 4D map
 
 
 def write_volume(array: np.ndarray, like: Volume, path: str | Path, overwrite: bool = True) -> Path:
