@@ -152,3 +152,20 @@ def test_written_mask_reads_back_everywhere(tmp_path):
     assert np.array_equal(back.array, mask) and np.allclose(back.affine, affine)
     itk = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))  # (k, j, i)
     assert np.array_equal(itk.transpose(2, 1, 0), mask)
+
+
+def test_only_label_volumes_take_the_in_memory_path(tmp_path, monkeypatch):
+    """Masks go through ``write_gzip`` (built in memory); float and 4D maps stream through nibabel, so a
+    probability map of a large CT never gets a second full-size copy."""
+    from organseg.io import writers
+    from organseg.io.volume import Volume
+
+    calls = []
+    monkeypatch.setattr(writers, "write_gzip", lambda data, f, **kw: calls.append(len(data)) or f.write(b""))
+    like = Volume(array=np.zeros((8, 9, 10), np.int16), affine=np.diag([1.5, 1.5, 2.0, 1.0]), source="like")
+    writers.write_nifti(np.ones((8, 9, 10), np.float32), like, tmp_path / "map.nii.gz")
+    writers.write_nifti(np.ones((8, 9, 10, 3), np.uint8), like, tmp_path / "probs.nii.gz")
+    assert calls == []
+    assert io.read_image(tmp_path / "map.nii.gz").array.mean() == 1.0
+    writers.write_nifti(np.ones((8, 9, 10), np.uint8), like, tmp_path / "mask.nii.gz")
+    assert len(calls) == 1
