@@ -661,7 +661,8 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >
 #: Returned by a command whose work is all written and closed: ``main`` then ends the process at once.
 #: Tearing down an interpreter that imported torch, MONAI and OpenVINO takes 0.7 s on 2 cores (freeing
 #: thousands of modules), 10 % of ``organseg infer`` on a 512 x 512 x 300 CT (BENCHMARKS.md, "CPU speed,
-#: start-up and exit"). Only ``main`` acts on it, never click's test runner.
+#: start-up and exit"). Only ``main()`` without arguments acts on it: never click's test runner, nor a
+#: caller that passes ``argv``.
 SKIP_TEARDOWN = object()
 
 
@@ -696,12 +697,21 @@ def keep_freed_memory() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, print OrgansegErrors as one line, exit non-zero."""
+    """Entry point: run the CLI, print OrgansegErrors as one line, exit non-zero.
+
+    ``argv=None`` (the ``organseg`` script, ``python -m organseg``) means this process is the command's
+    own: then malloc keeps freed memory (``keep_freed_memory``) and a command that returns
+    ``SKIP_TEARDOWN`` ends the process at once. Called with an explicit ``argv`` (tests, other
+    programs), ``main`` leaves the process as it is and returns.
+    """
+    own_process = argv is None
     args = sys.argv[1:] if argv is None else argv
-    keep_freed_memory()
+    if own_process:
+        keep_freed_memory()
     debug = "--debug" in args
     try:
-        if cli.main(args=args, prog_name="organseg", standalone_mode=False) is SKIP_TEARDOWN:
+        done = cli.main(args=args, prog_name="organseg", standalone_mode=False)
+        if own_process and done is SKIP_TEARDOWN:
             _exit_now()
     except click.exceptions.Abort:
         click.echo("organseg: interrupted", err=True)

@@ -40,45 +40,48 @@ _EXIT = textwrap.dedent(
     import atexit, sys
     atexit.register(lambda: print("teardown ran", flush=True))
     from organseg.cli import main
-    main(sys.argv[1:])
+    if sys.argv[1] == "entry":
+        sys.argv = ["organseg", *sys.argv[2:]]
+        main()  # as the organseg script calls it
+    else:
+        main(sys.argv[2:])  # as a test or another program calls it
+        print("main returned", flush=True)
     """
 )
 
 
-def test_infer_ends_without_teardown_after_writing(real_ct, tmp_path):
-    """``organseg infer`` ends the process once all is written (no atexit handlers run), with its summary
-    printed and exit status 0; a failing run still exits through the normal error path."""
-    out = tmp_path / "mask.nii.gz"
+def _run_exit(mode: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["infer", "--input", str(real_ct), "--output", str(out), "--backend", "torch"]
-    run = subprocess.run(
-        [sys.executable, "-c", _EXIT, *args],
+    return subprocess.run(
+        [sys.executable, "-c", _EXIT, mode, *args],
         capture_output=True,
         text=True,
         encoding="utf-8",
         env=env,
         timeout=600,
     )
+
+
+def test_infer_ends_without_teardown_after_writing(real_ct, tmp_path):
+    """``organseg infer`` as the script runs it ends the process once all is written (no atexit handlers
+    run), with its summary printed and exit status 0; a failing run exits through the normal error path."""
+    out = tmp_path / "mask.nii.gz"
+    run = _run_exit("entry", "infer", "--input", str(real_ct), "--output", str(out), "--backend", "torch")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "wrote" in run.stdout and "teardown ran" not in run.stdout
     assert io.read_image(out).shape == io.read_image(real_ct).shape
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _EXIT,
-            "infer",
-            "--input",
-            str(tmp_path / "none.nii.gz"),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=300,
-    )
+    bad = _run_exit("entry", "infer", "--input", str(tmp_path / "none.nii.gz"), "--output", str(out))
     assert bad.returncode != 0 and "none.nii.gz: no such file" in bad.stderr
+
+
+def test_main_with_argv_returns_to_its_caller(real_ct, tmp_path):
+    """``main([...])`` (how tests and other programs call it) segments and then returns: it must never end
+    the caller's process (a test run would stop there, with exit status 0)."""
+    out = tmp_path / "mask.nii.gz"
+    run = _run_exit("argv", "infer", "--input", str(real_ct), "--output", str(out), "--backend", "torch")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "main returned" in run.stdout and "teardown ran" in run.stdout
+    assert out.is_file()
 
 
 _FAULTS = textwrap.dedent(
