@@ -191,3 +191,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_process_exit_in_the_test_process():
+    """``os._exit`` in pytest's own process would end the run with status 0 and no summary, which CI
+    would take for a pass (``organseg infer`` uses it to skip teardown). Here it raises instead; forked
+    children (data loader workers) still exit normally."""
+    real, pid = os._exit, os.getpid()
+
+    def guarded(code: int) -> None:
+        if os.getpid() == pid:
+            raise AssertionError(f"os._exit({code}) called in the test process")
+        real(code)
+
+    os._exit = guarded
+    yield
+    os._exit = real
