@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import organseg.io.writers
+
 from .conftest import (
     EXIT,
     assert_one_error_line,
@@ -122,18 +124,24 @@ def test_train_killed_mid_epoch_resumes_losing_only_that_epoch(assets, tmp_path)
 
 # --------------------------------------------------------------------------------------- infer
 
-#: Write a partial temp file, then die by SIGKILL: a kill in the middle of saving the mask.
+#: Write a partial temp file, then die by SIGKILL: a kill in the middle of saving the mask (masks are
+#: deflated by ``fastgzip.write_gzip`` into the open temp file; other maps go through ``nib.save``).
 _DIE_WHILE_SAVING = """
 import os, signal, sys
 import nibabel as nib
+import organseg.io.writers as writers
+
+def dying_write(data, fh, *args, **kwargs):
+    fh.write(b"\\x1f\\x8b partial mask")
+    fh.flush()
+    os.fsync(fh.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
 
 def dying_save(img, filename, *args, **kwargs):
     with open(filename, "wb") as fh:
-        fh.write(b"\\x1f\\x8b partial mask")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.kill(os.getpid(), signal.SIGKILL)
+        dying_write(None, fh)
 
+writers.write_gzip = dying_write
 nib.save = dying_save
 os.cpu_count = lambda: 1  # see conftest.one_inference_thread
 from organseg.cli import main
@@ -166,10 +174,15 @@ def test_infer_on_a_full_disk_fails_cleanly(assets, tmp_path, out_dir, capsys, m
     mask = out_dir / "mask.nii.gz"
     mask.write_bytes((assets / "mask.nii.gz").read_bytes())
 
-    def full_disk(img, filename, *args, **kwargs):
+    def full_disk_write(data, fh, *args, **kwargs):  # masks: deflated into the open temp file
+        fh.write(b"\x1f\x8b partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_disk(img, filename, *args, **kwargs):  # other maps: nibabel
         Path(filename).write_bytes(b"\x1f\x8b partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    monkeypatch.setattr(organseg.io.writers, "write_gzip", full_disk_write)
     monkeypatch.setattr(nib, "save", full_disk)
     monkeypatch.chdir(tmp_path)
     before = snapshot(out_dir)
