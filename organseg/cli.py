@@ -360,13 +360,14 @@ def infer(
     backend: str,
 ) -> object:
     """Segment a CT: sliding-window inference, mask written on the input's exact grid."""
+    launched = _torchrun()
     # Inflate a single .nii.gz input while torch and MONAI are imported (``fastgzip``).
     ahead = None
     if (
         input_path.name.lower().endswith(".nii.gz")
         and input_path.is_file()
         and shard is None
-        and not _torchrun()
+        and not launched
     ):
         from organseg.fastgzip import GunzipAhead
 
@@ -399,7 +400,7 @@ def infer(
         output_type=list(output_types) or "nifti",
         backend=backend,
     )
-    if shard is not None or _torchrun():  # one share of a folder per process, then one manifest
+    if shard is not None or launched:  # one share of a folder per process, then one manifest
         from organseg.infer.shard import parse_shard, segment_share
         from organseg.training.distributed import session
 
@@ -425,7 +426,7 @@ def infer(
 
         for page in reports_after_segment(result, report_path, overwrite):
             click.echo(f"wrote {page}")
-    return None if _torchrun() else SKIP_TEARDOWN
+    return None if launched else SKIP_TEARDOWN
 
 
 @cli.command(epilog=_epilog("evaluate"))

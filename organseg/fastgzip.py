@@ -91,20 +91,16 @@ def gunzip(compressed: bytes) -> np.ndarray | None:
     size = int.from_bytes(compressed[-4:], "little")
     out = np.empty(size, dtype=np.uint8)
     inflater = zlib.decompressobj(wbits=31)
-    done = 0
     view = memoryview(compressed)
-    for start in range(0, len(compressed) + 1, CHUNK_BYTES):
-        last = start + CHUNK_BYTES >= len(compressed)
+    done = 0
+    for start in range(0, len(view), CHUNK_BYTES):
         piece = inflater.decompress(view[start : start + CHUNK_BYTES])
-        if last:
-            piece += inflater.flush()
         if done + len(piece) > size:
             return None
         out[done : done + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
         done += len(piece)
-        if last:
-            break
-    if not inflater.eof or inflater.unused_data or done != size:
+    # A whole stream leaves nothing for flush(); a truncated one is not at eof.
+    if inflater.flush() or not inflater.eof or inflater.unused_data or done != size:
         return None
     return out
 

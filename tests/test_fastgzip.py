@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from io import BytesIO
 from pathlib import Path
 
 import nibabel as nib
@@ -111,17 +112,11 @@ def test_write_gzip_is_one_ordinary_member(monkeypatch):
     rng = np.random.default_rng(2)
     raw = (rng.integers(0, 3, 2_000_003) * 40).astype(np.uint8).tobytes()
     for workers in (1, 2, 3):
-        buf = io_bytes()
+        buf = BytesIO()
         write_gzip(raw, buf, workers=workers)
         blob = buf.getvalue()
         assert gzip.decompress(blob) == raw
         assert gunzip(blob).tobytes() == raw
-
-
-def io_bytes():
-    import io as stdio
-
-    return stdio.BytesIO()
 
 
 @pytest.mark.parametrize("shape", [(33, 17, 5), (40, 40, 3), (16, 1, 7), (1, 50, 2)])
