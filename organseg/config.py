@@ -108,6 +108,7 @@ VARIANT_FRACTIONS: tuple[str, ...] = (
     "truncation_fraction",
     "bowel_contrast_fraction",
     "extreme_organs_fraction",
+    "fluid_bowel_fraction",
 )
 
 
@@ -137,6 +138,7 @@ class SyntheticConfig:
     rotation_deg: float = 0.0  # patients turned by up to this angle about z (0-45)
     bowel_contrast_fraction: float = 0.0  # positive oral contrast in bowel beside the spleen
     extreme_organs_fraction: float = 0.0  # small or very large liver and spleen
+    fluid_bowel_fraction: float = 0.0  # fluid-filled, gas-poor bowel packed under the liver
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def sample_anatomy(
     kidneys = kidneys_mod.sample_kidneys(rng, sk, body, spleen, muscles, liver, dome)
     gallbladder = organs_mod.sample_gallbladder(rng, liver)
     pancreas = gut_mod.sample_pancreas(rng, sk, spleen)
-    gut = gut_mod.sample_gut(rng, sk, body, dome, spleen)
+    gut = gut_mod.with_fluid_bowel(gut_mod.sample_gut(rng, sk, body, dome, spleen), sk, variant.fluid_bowel)
     anchors = vessels_mod.VesselAnchors(sk, body, thorax, liver, kidneys, spleen, pancreas, top)
     vessels = vessels_mod.sample_vessels(rng, anchors)
     implants = _sample_implants(rng, sk, liver, gallbladder is None)

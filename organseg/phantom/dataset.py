@@ -182,6 +182,8 @@ def build_scene(
         info["variants"] = variant.summary()
         if variant.bowel_contrast is not None:
             fixed_hu[Tissue.ORAL_CONTRAST] = variant.bowel_contrast["hu"]
+        if variant.fluid_bowel is not None:
+            fixed_hu[Tissue.BOWEL_CONTENT] = variant.fluid_bowel["hu"]
     return _Scene(anatomy, grid, offset, tissue, structure, info, fixed_hu)
 
 

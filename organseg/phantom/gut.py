@@ -9,7 +9,7 @@ smooth random fields (``f1 ** 2 + f2 ** 2 < T ** 2`` traces tubes), thinned wher
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -50,6 +50,7 @@ class Gut:
     bladder: tuple[np.ndarray, tuple[float, float, float]] | None
     mesentery: SmoothField
     mesentery_width: float
+    colon_fluid: bool = False  # colon lumen holds fluid (``Tissue.BOWEL_CONTENT``) instead of stool
 
 
 def sample_gut(rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome, spleen: Organ) -> Gut:
@@ -134,6 +135,25 @@ def sample_gut(rng: np.random.Generator, sk: Skeleton, body: Body, dome: Dome, s
     )
 
 
+def with_fluid_bowel(gut: Gut, sk: Skeleton, fluid: dict | None) -> Gut:
+    """``gut`` with the ``fluid_bowel`` variant (``variants.Draw.fluid_bowel``): fluid colon, hardly any gas,
+    wide loops with little fat between them, from ``top_mm`` above L1 down (they fill only fat, never an organ)."""
+    if fluid is None:
+        return gut
+    lo, hi = gut.bowel_box
+    hi = np.array(hi, float)
+    hi[2] = max(hi[2], sk.z("L1") + fluid["top_mm"])
+    return replace(
+        gut,
+        colon_fluid=True,
+        colon_gas=fluid["gas"],
+        bowel_gas=fluid["gas"],
+        bowel_fat=min(gut.bowel_fat, fluid["fat"]),
+        bowel_width=fluid["width"],
+        bowel_box=(lo, hi),
+    )
+
+
 def _tube_with_lumen(canvas: Canvas, path: np.ndarray, structure: str, wall_mm: float, lumen, haustra_mm=0.0):
     p = smooth_polyline(path, 2)
     core = max(0.2, 1 - wall_mm / float(np.mean(p[:, 3])))
@@ -150,9 +170,11 @@ def paint_gut(canvas: Canvas, gut: Gut) -> None:
     _tube_with_lumen(canvas, gut.stomach, "stomach", gut.stomach_wall_mm, stomach_lumen)
     _tube_with_lumen(canvas, gut.duodenum, "duodenum", 2.5, Tissue.BOWEL_CONTENT)
 
+    content = np.uint8(Tissue.BOWEL_CONTENT if gut.colon_fluid else Tissue.STOOL)
+
     def colon_lumen(box, ok):
         gas = gut.colon_contents(box) + np.float32(0.02) * box.Y > np.float32(gut.colon_gas)
-        return np.where(gas, np.uint8(Tissue.GAS), np.uint8(Tissue.STOOL))
+        return np.where(gas, np.uint8(Tissue.GAS), content)
 
     _tube_with_lumen(canvas, gut.colon, "colon", 2.5, colon_lumen, haustra_mm=gut.haustra_mm)
     _paint_small_bowel(canvas, gut)

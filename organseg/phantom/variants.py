@@ -2,7 +2,8 @@
 
 Real scans are not all a whole abdomen centred in the field of view: a 20-60 mm slab, arms beside the chest, the
 CT table under the back, a body wider than the reconstruction circle, a patient lying a few degrees rotated,
-positive oral contrast in the bowel beside the spleen, small or very large livers and spleens. ``Variants`` says
+positive oral contrast in the bowel beside the spleen, small or very large livers and spleens, fluid-filled bowel
+packed under the liver in a lean patient. ``Variants`` says
 how often each happens (a probability per phantom, 0 = never, 1 = always); ``Variants.draw`` decides, for one
 phantom, from that phantom's own random stream (``dataset.case_streams``), so each seed still gives one fixed phantom,
 and every parameter is drawn whether or not its variant is on (switching one variant never changes another).
@@ -48,6 +49,9 @@ class Variants:
             (head-foot), patient and table together; 0: none.
         bowel_contrast: positive oral contrast (200-600 HU) in bowel loops and colon beside the spleen.
         extreme_organs: a small or very large liver and spleen (volumes ``EXTREME_*_ML``) instead of a normal one.
+        fluid_bowel: fluid-filled, nearly gas-free small bowel and colon (water to chyme, 0-35 HU), loops packed with
+            little fat between them and reaching up under the liver: in a non-contrast scan they are close to the
+            liver's grey and touch it, where the phantoms' usual gas- and fat-speckled bowel never does.
     """
 
     thin_slab: float = 0.0
@@ -57,6 +61,7 @@ class Variants:
     rotation_deg: float = 0.0
     bowel_contrast: float = 0.0
     extreme_organs: float = 0.0
+    fluid_bowel: float = 0.0
 
     def __post_init__(self):
         for f in fields(self):
@@ -108,6 +113,10 @@ class Variants:
         small = rng.random(2) < 0.5
         liver_ml = float(u(*EXTREME_LIVER_ML[0 if small[0] else 1]))
         spleen_ml = float(np.exp(u(*np.log(EXTREME_SPLEEN_ML[0 if small[1] else 1]))))
+        # drawn after everything above, so adding this variant changed no other variant's draws
+        fluid_on = bool(rng.random() < self.fluid_bowel)
+        fluid = {"hu": float(u(0, 35)), "fat": float(u(0.0, 0.25)), "gas": float(u(2.6, 3.5)), "top_mm": float(u(0, 40))}
+        fluid["width"] = float(u(1.4, 1.9))  # loops fill 1 - exp(-width**2 / 2) of the free space: 62-85 %
         return Draw(
             thin_slab=slab if on[0] else None,
             arms=arms if on[1] else None,
@@ -117,6 +126,7 @@ class Variants:
             bowel_contrast=contrast if on[5] else None,
             liver_ml=liver_ml if on[6] else None,
             spleen_ml=spleen_ml if on[6] else None,
+            fluid_bowel=fluid if fluid_on else None,
         )
 
 
@@ -132,6 +142,7 @@ class Draw:
     bowel_contrast: dict | None = None
     liver_ml: float | None = None
     spleen_ml: float | None = None
+    fluid_bowel: dict | None = None  # content HU, fat between loops, gas threshold, loops' top above L1 (mm), loop width
 
     def summary(self) -> dict:
         """JSON-friendly: which variants are on, with their main number."""
@@ -150,6 +161,8 @@ class Draw:
             out["bowel_contrast_hu"] = round(self.bowel_contrast["hu"], 1)
         if self.liver_ml:
             out["extreme_organs_ml"] = {"liver": round(self.liver_ml), "spleen": round(self.spleen_ml)}
+        if self.fluid_bowel:
+            out["fluid_bowel_hu"] = round(self.fluid_bowel["hu"], 1)
         return out
 
 
