@@ -172,6 +172,11 @@ class TrainConfig:
 class PostprocessConfig:
     largest_component: bool = True
     fill_holes: bool = True
+    # organs only inside the trunk (the body's largest connected piece): arms, the table and other pieces
+    # separated from it by air cannot hold an organ
+    trunk_only: bool = True
+    # an organ whose whole mask is smaller than this (ml) is a speck, not an organ: dropped (0: keep all)
+    min_volume_ml: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from organseg.infer.backends import wrap_networks
 from organseg.infer.confidence import organ_confidence, summarize_probabilities, summary_line
 from organseg.infer.invert import probabilities_to_input
 from organseg.infer.models import check_ensemble
-from organseg.infer.postprocess import postprocess_mask
+from organseg.infer.postprocess import postprocess_mask, restrict_to_trunk
 from organseg.infer.preprocess import prepare
 from organseg.infer.shard import is_done, shard_of
 from organseg.infer.sliding import predict_probabilities
@@ -564,6 +564,10 @@ def _segment_case(
             progress=progress,
         )
         timings["network"] = time.perf_counter() - t
+        if postprocess and prep.trunk is not None:
+            t = time.perf_counter()
+            restrict_to_trunk(probs, prep.trunk)
+            timings["trunk"] = time.perf_counter() - t
         t = time.perf_counter()
         grid_summary = summarize_probabilities(probs, prep.crop.affine)  # per-organ confidence
         timings["confidence"] = time.perf_counter() - t
@@ -573,7 +577,7 @@ def _segment_case(
         timings["invert"] = time.perf_counter() - t
     if postprocess and prep is not None:
         t = time.perf_counter()
-        postprocess_mask(mask, labels, cfg.infer.postprocess)
+        postprocess_mask(mask, labels, cfg.infer.postprocess, voxel_ml=vol.voxel_volume_ml)
         timings["postprocess"] = time.perf_counter() - t
 
     counts = label_counts(mask, labels.num_classes)

@@ -98,12 +98,15 @@ class Prepared:
         grid: the full target grid (``Orientationd`` + ``Spacingd`` of the whole input).
         crop_lo: where ``crop`` starts inside ``grid`` (voxels).
         crop: the cropped grid the network runs on.
+        trunk: the body's largest connected piece on ``crop`` (``postprocess.trunk_mask``), when the config's
+            ``infer.postprocess.trunk_only`` asks for it; else ``None``.
     """
 
     image: torch.Tensor
     grid: Grid
     crop_lo: np.ndarray
     crop: Grid
+    trunk: np.ndarray | None = None
 
 
 def foreground_box(
@@ -167,6 +170,13 @@ def prepare(array: np.ndarray, affine: np.ndarray, cfg: Config) -> Prepared | No
         hu = hu[rel_lo[0] : rel_hi[0], rel_lo[1] : rel_hi[1], rel_lo[2] : rel_hi[2]]
     from monai.transforms import Compose
 
+    trunk = None
+    if cfg.infer.postprocess.trunk_only:
+        from organseg.infer.postprocess import trunk_mask
+
+        trunk = trunk_mask(torch.as_tensor(hu).numpy(), pre.body_threshold_hu)
     normalised = Compose(hu_normalisation(cfg, "image"))({"image": hu[None]})["image"]
     image = torch.as_tensor(normalised, dtype=torch.float32).reshape(1, 1, *hu.shape).contiguous()
-    return Prepared(image=image, grid=full, crop_lo=np.asarray(crop_lo), crop=full.crop(crop_lo, crop_hi))
+    return Prepared(
+        image=image, grid=full, crop_lo=np.asarray(crop_lo), crop=full.crop(crop_lo, crop_hi), trunk=trunk
+    )
