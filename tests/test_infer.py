@@ -24,7 +24,7 @@ from organseg.geometry import Grid
 from organseg.infer import check_ct_intensities, segment
 from organseg.infer.models import load_models
 from organseg.infer.outputs import rle_decode, rle_encode
-from organseg.infer.postprocess import postprocess_mask
+from organseg.infer.postprocess import postprocess_mask, restrict_to_trunk, trunk_mask
 from organseg.infer.preprocess import prepare
 from organseg.infer.tta import swap_channels, tta_predictor
 from organseg.modelstore import default_model, resolve_model_files
@@ -452,6 +452,87 @@ def test_postprocess_keeps_largest_component_and_fills_holes() -> None:
         mask.copy(), LabelMap(), PostprocessConfig(largest_component=False, fill_holes=False)
     )
     np.testing.assert_array_equal(off, mask)
+
+
+def body_with_arms(shape=(90, 70, 12)) -> tuple[np.ndarray, dict]:
+    """HU volume (x, y, z) with a trunk (muscle, a fat rim, a lung-like hole), one arm beside it across an air
+    gap and one touching it at a narrow seam; and their masks (``trunk``, ``lung``, ``gap_arm``, ``seam_arm``)."""
+    x, y = np.mgrid[: shape[0], : shape[1]].astype(float)
+    cy = 35.0
+    parts = {
+        "trunk": ((x - 40) / 26) ** 2 + ((y - cy) / 26) ** 2 < 1,
+        "lung": ((x - 48) / 7) ** 2 + ((y - cy) / 7) ** 2 < 1,
+        "gap_arm": (x - 77) ** 2 + (y - cy) ** 2 < 8**2,  # 3 voxels of air from the trunk
+        "seam_arm": (x - 40) ** 2 + (y - 70) ** 2 < 9**2,  # meets the trunk along a narrow seam
+    }
+    rim = parts["trunk"] & ~(((x - 40) / 23) ** 2 + ((y - cy) / 23) ** 2 < 1)
+    sl = np.where(parts["trunk"], 45, -1000)
+    sl = np.where(rim, -100, sl)
+    sl = np.where(parts["lung"], -850, sl)
+    sl = np.where(parts["gap_arm"] | parts["seam_arm"], 50, sl)
+    hu = np.repeat(sl[:, :, None], shape[2], axis=2).astype(np.int16)
+    return hu, {k: np.repeat(v[:, :, None], shape[2], axis=2) for k, v in parts.items()}
+
+
+def test_trunk_mask_keeps_the_trunk_with_its_holes_and_drops_the_arms() -> None:
+    hu, parts = body_with_arms()
+    trunk = trunk_mask(hu, -500)
+    assert trunk[parts["trunk"]].all()  # the whole trunk, its lung-like hole included
+    assert trunk[parts["lung"]].all()
+    assert not trunk[parts["gap_arm"]].any()  # across the air gap
+    seam = parts["seam_arm"] & ~parts["trunk"]
+    assert trunk[seam].mean() < 0.2  # the seam is cut: at most the rim next to the trunk stays
+    assert not (trunk & ~(parts["trunk"] | parts["seam_arm"])).any()  # never in the air around the body
+
+
+def test_restrict_to_trunk_makes_organs_outside_background() -> None:
+    hu, parts = body_with_arms()
+    trunk = trunk_mask(hu, -500)
+    probs = torch.zeros((5, *hu.shape))
+    probs[3], probs[0] = 0.9, 0.1  # "kidney_left" everywhere
+    moved = restrict_to_trunk(probs, trunk)
+    labels = probs.argmax(0).numpy()
+    assert moved == int((~trunk).sum())
+    assert (labels[~trunk] == 0).all() and (labels[trunk] == 3).all()
+    assert (labels[parts["gap_arm"]] == 0).all()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_segment_keeps_organs_out_of_an_arm(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    """Through organseg.segment: a network that calls every voxel left kidney gets it only inside the trunk."""
+    import organseg.infer as infer_mod
+
+    hu, parts = body_with_arms()
+    ct = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([2.0, 2.0, 2.0, 1.0])), ct)
+
+    def everywhere_kidney(image, nets, cfg, **kw):
+        p = torch.zeros((cfg.labels.num_classes, *image.shape[2:]))
+        p[3], p[0] = 0.9, 0.1
+        return p
+
+    monkeypatch.setattr(infer_mod, "predict_probabilities", everywhere_kidney)
+    run(ct, tmp_path / "on.nii.gz", tiny_model)
+    on = np.asarray(nib.load(tmp_path / "on.nii.gz").dataobj)
+    assert on.shape == hu.shape
+    assert (on[parts["gap_arm"]] == 0).all()
+    assert (on[parts["trunk"]] == 3).mean() > 0.97
+    run(ct, tmp_path / "off.nii.gz", tiny_model, postprocess=False)
+    off = np.asarray(nib.load(tmp_path / "off.nii.gz").dataobj)
+    assert (off[parts["gap_arm"]] == 3).mean() > 0.9  # without postprocessing the arm keeps its "kidney"
+
+
+def test_min_volume_drops_organ_specks_only() -> None:
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:12, 2:12, 2:12] = 1  # 1000 voxels
+    mask[15:17, 15:17, 15:17] = 2  # 8 voxels
+    cfg = PostprocessConfig(largest_component=True, fill_holes=True, min_volume_ml=1.0)
+    out = postprocess_mask(mask.copy(), LabelMap(), cfg, voxel_ml=0.01)  # 1 ml = 100 voxels
+    assert (out == 1).sum() == 1000 and not (out == 2).any()
+    kept = postprocess_mask(mask.copy(), LabelMap(), cfg, voxel_ml=0.2)  # 8 voxels = 1.6 ml
+    assert (kept == 2).sum() == 8
+    unknown = postprocess_mask(mask.copy(), LabelMap(), cfg)  # no voxel size: nothing dropped
+    assert (unknown == 2).sum() == 8
 
 
 # --------------------------------------------------------------------------------------- models

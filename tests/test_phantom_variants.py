@@ -1,5 +1,5 @@
 """Phantom variants (``organseg.phantom.variants``): thin slabs, arms, table, truncation, rotation, oral contrast
-beside the spleen, extreme liver and spleen sizes; each deterministic per seed and off by default.
+beside the spleen, extreme liver and spleen sizes, fluid bowel under the liver; each deterministic per seed and off by default.
 
 Cases at 4-5 mm keep this fast; world positions go through the affine (RAS+ mm), never through array indices.
 """
@@ -23,6 +23,7 @@ ALL_ON = {
     "rotation": Variants(rotation_deg=10.0),
     "bowel_contrast": Variants(bowel_contrast=1.0),
     "extreme_organs": Variants(extreme_organs=1.0),
+    "fluid_bowel": Variants(fluid_bowel=1.0),
 }
 
 
@@ -86,6 +87,33 @@ def test_switching_one_variant_never_changes_another():
     one = Variants(arms=1.0).draw(np.random.default_rng(3))
     two = Variants(arms=1.0, table=1.0, thin_slab=1.0).draw(np.random.default_rng(3))
     assert one.arms == two.arms and one.table is None and two.table is not None
+    fluid = Variants(arms=1.0, fluid_bowel=1.0).draw(np.random.default_rng(3))
+    assert fluid.arms == one.arms and fluid.fluid_bowel is not None and one.fluid_bowel is None
+
+
+def test_fluid_bowel_packs_gas_free_fluid_loops_under_the_liver():
+    kw = dict(spacing_mm=4.0, fov="abdomen", phase="noncontrast")
+    fluid = generate_phantom(14, variants=Variants(fluid_bowel=1.0), **kw)
+    plain = generate_phantom(14, **kw)
+    # the same patient: organs and their labels untouched, only the bowel changes
+    assert np.array_equal(fluid.label.array, plain.label.array)
+    hu = fluid.info["variants"]["fluid_bowel_hu"]
+    assert 0 <= hu <= 35
+
+    def bowel(p, tissue):
+        return np.isin(p.structure, [sid("colon"), sid("small_bowel")]) & (p.tissue == tissue)
+
+    assert not bowel(fluid, Tissue.STOOL).any() and bowel(plain, Tissue.STOOL).any()  # fluid colon
+    gas = [bowel(p, Tissue.GAS).sum() / max(1, np.isin(p.structure, [sid("colon"), sid("small_bowel")]).sum())
+           for p in (fluid, plain)]
+    assert gas[0] < 0.5 * gas[1]
+    content = bowel(fluid, Tissue.BOWEL_CONTENT)
+    assert abs(np.median(fluid.image.array[content]) - hu) < 15
+    # loops fill the fat: more small bowel, reaching up to the liver's lower edge
+    loops = [world(p.image, p.structure == sid("small_bowel")) for p in (fluid, plain)]
+    assert len(loops[0]) > 1.3 * len(loops[1])
+    liver_z = world(fluid.image, fluid.label.array == LIVER)[:, 2]
+    assert loops[0][:, 2].max() > np.percentile(liver_z, 5)
 
 
 def test_arms_lie_beside_the_body_on_both_sides():
