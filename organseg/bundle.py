@@ -24,6 +24,8 @@ Design decisions:
   ``metadata.json`` unless ``--filepath`` already holds it. The bundle ships ``docs/metadata_schema.json``,
   organseg's transcription of the mandatory keys of the MONAI Bundle Specification (not MONAI's own schema
   file, which needs the network to fetch); pass it as ``--filepath`` to check offline.
+- **Not in the bundle**: organseg's restriction of organs to the trunk and its 1 ml speck rule
+  (``infer.postprocess.trunk_only``, ``min_volume_ml``) have no MONAI component; the bundle's README says so.
 - **Atomic folder**: the bundle is built in a temporary folder beside the target and renamed into place;
   an existing target is refused without ``overwrite``, and even then only replaced when it is a bundle.
 

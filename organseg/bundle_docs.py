@@ -116,7 +116,9 @@ Reorient to {p.orientation}, resample to {"x".join(f"{s:g}" for s in p.spacing_m
 hole filling per organ, `SaveImaged`. The network is TorchScript (`models/model.ts`, traced at the patch
 size); there is no `model.pt` state dict, because instantiating one would need organseg's network class.
 organseg's own `organseg infer` blends probabilities rather than logits and resamples slab by slab, so a
-few boundary voxels can differ.
+few boundary voxels can differ. Two of its postprocessing steps have no MONAI component and are not in the
+bundle: it keeps organs inside the trunk (an arm beside the chest cannot hold one) and drops an organ whose
+whole mask is under 1 ml; on a scan without arms in view the masks are the same.
 
 ## Check the metadata offline
 
