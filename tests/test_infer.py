@@ -463,7 +463,7 @@ def body_with_arms(shape=(90, 70, 12)) -> tuple[np.ndarray, dict]:
         "trunk": ((x - 40) / 26) ** 2 + ((y - cy) / 26) ** 2 < 1,
         "lung": ((x - 48) / 7) ** 2 + ((y - cy) / 7) ** 2 < 1,
         "gap_arm": (x - 77) ** 2 + (y - cy) ** 2 < 8**2,  # 3 voxels of air from the trunk
-        "seam_arm": (x - 40) ** 2 + (y - 70) ** 2 < 9**2,  # meets the trunk along a narrow seam
+        "seam_arm": (x - 40) ** 2 + (y - 69.5) ** 2 < 9**2,  # touches the trunk along a 5-voxel seam
     }
     rim = parts["trunk"] & ~(((x - 40) / 23) ** 2 + ((y - cy) / 23) ** 2 < 1)
     sl = np.where(parts["trunk"], 45, -1000)
