@@ -58,7 +58,8 @@ def build_soups(base: str, tuned: str, alphas: list[float], out: Path) -> list[P
 
 
 def score_real(model: str) -> dict[str, dict[str, dict[str, float]]]:
-    """``{scan: {organ: {"dice", "hd95_mm"}}}`` of ``model`` on the shared real CTs (organs in view)."""
+    """``{scan: {organ: {"dice", "hd95_mm"}}}`` of ``model`` on the shared real CTs for the organs in view, and
+    ``{"false_ml": volume}`` for an organ predicted where the reference has none (a kidney in the DICOM slab)."""
     import organseg
 
     scores = {}
@@ -72,8 +73,10 @@ def score_real(model: str) -> dict[str, dict[str, dict[str, float]]]:
             result = organseg.evaluate(mask, ct.parent / labels, ref_map="totalsegmentator")
             scores[name] = {
                 organ: {"dice": r["dice"], "hd95_mm": r["hd95_mm"]}
-                for organ, r in result.items()
                 if r["volume_ref_ml"] > 0
+                else {"false_ml": r["volume_pred_ml"]}
+                for organ, r in result.items()
+                if r["volume_ref_ml"] > 0 or r["volume_pred_ml"] > 0
             }
     return scores
 
@@ -97,7 +100,11 @@ def main() -> None:
     for model in [args.base, args.tuned, *map(str, soups)]:
         for scan, organs in score_real(model).items():
             cells = [
-                f"{organs[o]['dice']:.3f} ({organs[o]['hd95_mm']:.0f} mm)" if o in organs else "-"
+                "-"
+                if o not in organs
+                else f"false, {organs[o]['false_ml']:.1f} ml"
+                if "false_ml" in organs[o]
+                else f"{organs[o]['dice']:.3f} ({organs[o]['hd95_mm']:.0f} mm)"
                 for o in ("liver", "kidney_right", "kidney_left", "spleen")
             ]
             print(f"| {Path(model).name} | {scan} | " + " | ".join(cells) + " |", flush=True)
