@@ -575,13 +575,26 @@ def test_default_model_is_the_builtin_one(
         run(ct, tmp_path / "mask2.nii.gz", None)
 
 
-def test_shipped_builtin_model_loads_without_pickle() -> None:
-    """The weights inside the package load through safetensors and segment our five labels."""
+def test_shipped_builtin_model_loads_without_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The v2 weights inside the package load through safetensors, with every unpickler disabled, and segment
+    our five labels; their metadata says where the data came from (the label map's CC BY 4.0 attribution)."""
+    import pickle
+
     from organseg.checkpoint import load_safetensors_model
 
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("the built-in model must not need pickle")
+
+    monkeypatch.setattr(pickle, "Unpickler", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(torch, "load", no_pickle)
     net, cfg, extra = load_safetensors_model(modelstore.BUILTIN_MODEL)
     assert cfg.labels == LabelMap() and cfg.train.synthetic.enabled
     assert sum(p.numel() for p in net.parameters()) < 5_000_000
+    assert any(stage.startswith("7 (v2d)") for stage in extra["stages"])  # the v2 weights, not v1
+    assert "TotalSegmentator dataset" in extra["trained_on"] and "CC BY 4.0" in extra["trained_on"]
+    assert cfg.train.synthetic.fluid_bowel_fraction > 0 and cfg.train.synthetic.label_map_fraction > 0
 
 
 def _make_run(root: Path, name: str, created: str, checkpoints: dict[int, str]) -> Path:
