@@ -490,9 +490,8 @@ def test_restrict_to_trunk_makes_organs_outside_background() -> None:
     trunk = trunk_mask(hu, -500)
     probs = torch.zeros((5, *hu.shape))
     probs[3], probs[0] = 0.9, 0.1  # "kidney_left" everywhere
-    moved = restrict_to_trunk(probs, trunk)
+    restrict_to_trunk(probs, trunk)
     labels = probs.argmax(0).numpy()
-    assert moved == int((~trunk).sum())
     assert (labels[~trunk] == 0).all() and (labels[trunk] == 3).all()
     assert (labels[parts["gap_arm"]] == 0).all()
 

@@ -1,5 +1,5 @@
-"""Clean a predicted label mask: keep each organ's largest connected component, fill its holes; and keep
-organs inside the trunk.
+"""Clean a predicted label mask: keep each organ's largest connected component, fill its holes, drop organs
+under ``min_volume_ml`` (specks); and keep organs inside the trunk.
 
 Both steps work organ by organ inside the organ's bounding box (scipy.ndimage), so a 512 x 512 x 400
 mask needs no full-size temporaries. Components are 26-connected (touching by a corner counts, as in
@@ -103,16 +103,13 @@ def trunk_mask(hu, threshold_hu: float, *, neck: int = 3, margin: int = 1) -> np
     return trunk & body
 
 
-def restrict_to_trunk(probs, trunk: np.ndarray) -> int:
-    """Make every voxel of ``probs`` ``(C, X, Y, Z)`` outside ``trunk`` certain background, in place; returns
-    how many voxels outside the trunk had an organ as their most likely class."""
+def restrict_to_trunk(probs, trunk: np.ndarray) -> None:
+    """Make every voxel of ``probs`` (a ``(C, X, Y, Z)`` tensor) outside ``trunk`` certain background, in place."""
     import torch
 
     outside = torch.from_numpy(~trunk)
-    moved = int((probs.argmax(0)[outside] > 0).sum())
     probs[1:, outside] = 0
     probs[0, outside] = 1
-    return moved
 
 
 def postprocess_mask(
