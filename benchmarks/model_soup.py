@@ -81,6 +81,15 @@ def score_real(model: str) -> dict[str, dict[str, dict[str, float]]]:
     return scores
 
 
+def cell(score: dict | None) -> str:
+    """One table cell: Dice (HD95), a false organ's volume, or "-" for an organ neither here nor predicted."""
+    if score is None:
+        return "-"
+    if "false_ml" in score:
+        return f"false, {score['false_ml']:.1f} ml"
+    return f"{score['dice']:.3f} ({score['hd95_mm']:.0f} mm)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="builtin", help="builtin or a model file")
@@ -99,14 +108,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for model in [args.base, args.tuned, *map(str, soups)]:
         for scan, organs in score_real(model).items():
-            cells = [
-                "-"
-                if o not in organs
-                else f"false, {organs[o]['false_ml']:.1f} ml"
-                if "false_ml" in organs[o]
-                else f"{organs[o]['dice']:.3f} ({organs[o]['hd95_mm']:.0f} mm)"
-                for o in ("liver", "kidney_right", "kidney_left", "spleen")
-            ]
+            cells = [cell(organs.get(o)) for o in ("liver", "kidney_right", "kidney_left", "spleen")]
             print(f"| {Path(model).name} | {scan} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -174,7 +174,7 @@ def prepare(array: np.ndarray, affine: np.ndarray, cfg: Config) -> Prepared | No
     if cfg.infer.postprocess.trunk_only:
         from organseg.infer.postprocess import trunk_mask
 
-        trunk = trunk_mask(torch.as_tensor(hu).numpy(), pre.body_threshold_hu)
+        trunk = trunk_mask(hu.numpy(), pre.body_threshold_hu)
     normalised = Compose(hu_normalisation(cfg, "image"))({"image": hu[None]})["image"]
     image = torch.as_tensor(normalised, dtype=torch.float32).reshape(1, 1, *hu.shape).contiguous()
     return Prepared(

@@ -115,8 +115,13 @@ class Variants:
         spleen_ml = float(np.exp(u(*np.log(EXTREME_SPLEEN_ML[0 if small[1] else 1]))))
         # drawn after everything above, so adding this variant changed no other variant's draws
         fluid_on = bool(rng.random() < self.fluid_bowel)
-        fluid = {"hu": float(u(0, 35)), "fat": float(u(0.0, 0.25)), "gas": float(u(2.6, 3.5)), "top_mm": float(u(0, 40))}
-        fluid["width"] = float(u(1.4, 1.9))  # loops fill 1 - exp(-width**2 / 2) of the free space: 62-85 %
+        fluid = {
+            "hu": float(u(0, 35)),
+            "fat": float(u(0.0, 0.25)),
+            "gas": float(u(2.6, 3.5)),
+            "top_mm": float(u(0, 40)),
+            "width": float(u(1.4, 1.9)),  # loops fill 1 - exp(-width**2 / 2) of the free space: 62-85 %
+        }
         return Draw(
             thin_slab=slab if on[0] else None,
             arms=arms if on[1] else None,
